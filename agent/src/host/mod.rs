@@ -1,0 +1,75 @@
+//! The host edge: what the agent asks of systemd, rpm-ostree and logind.
+//!
+//! The pure core decides *what* to do with units and the OS; this module is the thin, swappable
+//! edge that does it. [`Host`] has two implementations: [`record::RecordingHost`], which only
+//! records the actions (`--no-host-actions`, and the planner's tests), and the D-Bus host, which
+//! talks to the real daemons.
+
+pub mod record;
+
+use std::fmt;
+
+/// One operation on a systemd unit, in the vocabulary of `systemctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitOp {
+    Enable,
+    Disable,
+    Start,
+    Stop,
+    Restart,
+}
+
+impl fmt::Display for UnitOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnitOp::Enable => "enable",
+            UnitOp::Disable => "disable",
+            UnitOp::Start => "start",
+            UnitOp::Stop => "stop",
+            UnitOp::Restart => "restart",
+        })
+    }
+}
+
+/// What an OS upgrade did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum UpgradeOutcome {
+    /// The booted deployment is already the newest: nothing staged, no reboot needed.
+    NoUpgrade,
+    /// A new deployment was staged; it takes effect at the next boot.
+    Staged { from: String, to: String },
+}
+
+/// A failure of a host action, with what the user should look at.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HostError {
+    pub message: String,
+}
+
+impl HostError {
+    pub fn new(message: impl Into<String>) -> Self {
+        HostError {
+            message: message.into(),
+        }
+    }
+}
+
+/// The actions the agent takes on its host, in the order the planner gives them.
+#[allow(async_fn_in_trait)]
+pub trait Host {
+    /// Make systemd re-read unit files (`systemctl daemon-reload`), after unit files changed and
+    /// before any unit is enabled, started or restarted.
+    async fn reload(&mut self) -> Result<(), HostError>;
+
+    /// Carry out one unit operation and wait for its job to finish.
+    async fn unit_op(&mut self, unit: &str, op: UnitOp) -> Result<(), HostError>;
+
+    /// `rpm-ostree upgrade`: stage the newest deployment of the booted OS, if there is one.
+    async fn upgrade_os(&mut self) -> Result<UpgradeOutcome, HostError>;
+
+    /// Reboot into the staged deployment (logind, falling back to systemd's reboot.target).
+    async fn reboot(&mut self) -> Result<(), HostError>;
+}

@@ -3,8 +3,17 @@
 //! remote call follows.
 //!
 //! Not for: deciding anything about the cluster (that is the agent's pure core), or serving EC2
-//! (that is `berth-sim`).
+//! (that is `berth-sim`). Nothing here logs or displays a secret key or a token.
 
+pub mod api;
+mod body;
+pub mod imds;
 pub mod model;
+pub mod retry;
+pub mod sign;
+pub mod xml;
 
-pub use model::{Credentials, Filter, Identity, Instance};
+pub use api::{Ec2Client, Ec2Error, Paged};
+pub use imds::{ImdsClient, ImdsError};
+pub use model::{Credentials, Filter, Identity, Instance, TagDescription};
+pub use retry::RetryPolicy;

@@ -77,3 +77,13 @@ impl fmt::Debug for Credentials {
             .finish()
     }
 }
+
+/// One tag from DescribeTags.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TagDescription {
+    pub resource_id: String,
+    /// `instance`, `image`, `volume`, ...
+    pub resource_type: String,
+    pub key: String,
+    pub value: String,
+}

@@ -1,0 +1,285 @@
+//! How every remote call berth makes is retried: a per-try timeout, a bounded number of attempts,
+//! exponential backoff with full jitter capped at `max_delay`, and an overall deadline that no
+//! sleep ever crosses.
+//!
+//! Full jitter (a delay drawn uniformly from `[0, min(max_delay, base_delay * 2^(n-1))]`) is what
+//! the AWS architecture blog recommends for a fleet hammering one API: when every node of a
+//! cluster boots at the same time, their retries spread out instead of arriving in waves.
+//!
+//! The driver [`run`] does not enforce the per-try timeout itself: each attempt gets its budget in
+//! [`Attempt::timeout`] (already shortened so it never runs past the deadline) and must honour it,
+//! because only the caller can tell a timeout on connect (try another endpoint) from one on a
+//! slow body.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Limits for one logical remote call (all its attempts together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Longest one attempt may take, from connect to the last byte of the body.
+    pub per_try_timeout: Duration,
+    /// Attempts in total, the first included (0 is treated as 1).
+    pub max_attempts: u32,
+    /// Cap of the first backoff; doubled for each further attempt.
+    pub base_delay: Duration,
+    /// Cap of any single backoff.
+    pub max_delay: Duration,
+    /// Total time from the first attempt's start; no attempt starts and no sleep ends after it.
+    pub deadline: Duration,
+}
+
+impl RetryPolicy {
+    /// For IMDS reads while the node boots.
+    ///
+    /// IMDS is a link-local service answering in milliseconds, so a 2 s per-try timeout only
+    /// trips when the endpoint is unreachable (an IPv4 address on an IPv6-only subnet, a network
+    /// that is not up yet). Backoff starts at 100 ms and is capped at 2 s because at boot the
+    /// usual failure is "the interface is still coming up", which resolves in seconds. The 60 s
+    /// deadline bounds how long a boot waits: beyond that IMDS is disabled or the hop limit
+    /// blocks us, and failing lets systemd show the error and restart the agent.
+    pub fn imds_boot() -> Self {
+        RetryPolicy {
+            per_try_timeout: Duration::from_secs(2),
+            max_attempts: 30,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    /// For EC2 DescribeInstances/DescribeTags during peer discovery.
+    ///
+    /// A page of 1000 instances can take several seconds to produce, hence the 10 s per-try
+    /// timeout. EC2 throttles per account and region, and every node of a cluster discovers at
+    /// once, so backoff starts at 500 ms and grows to 20 s (the AWS SDKs' own cap), over up to 8
+    /// attempts. Discovery re-runs periodically, so a 2-minute deadline is enough: a later run
+    /// picks up what this one missed, and a converge loop never hangs on a throttled account.
+    pub fn ec2_discovery() -> Self {
+        RetryPolicy {
+            per_try_timeout: Duration::from_secs(10),
+            max_attempts: 8,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            deadline: Duration::from_secs(120),
+        }
+    }
+
+    /// The backoff before attempt `failed + 1`, after `failed` attempts failed: full jitter over
+    /// `[0, min(max_delay, base_delay * 2^(failed-1))]`.
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let cap = self.backoff_cap(failed);
+        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(fastrand::u64(0..=nanos))
+    }
+
+    /// The upper bound [`backoff`](Self::backoff) draws from.
+    pub fn backoff_cap(&self, failed: u32) -> Duration {
+        let shift = failed.saturating_sub(1).min(31);
+        self.base_delay
+            .checked_mul(1u32 << shift)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+}
+
+/// What one attempt is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// The per-try timeout, shortened to what is left of the deadline.
+    pub timeout: Duration,
+}
+
+/// How an attempt failed.
+#[derive(Debug)]
+pub enum Verdict<E> {
+    /// Transient (5xx, throttled, reset, timeout): worth another attempt.
+    Retry(E),
+    /// Permanent (4xx, bad signature, garbage): another attempt would fail the same way.
+    Fail(E),
+}
+
+/// Why the driver stopped trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The last error is not one a retry can fix.
+    NotRetryable,
+    /// `max_attempts` attempts all failed.
+    AttemptsExhausted { max_attempts: u32 },
+    /// The next backoff would have ended past the deadline.
+    Deadline { deadline: Duration },
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::NotRetryable => write!(f, "the error is not retryable"),
+            Stop::AttemptsExhausted { max_attempts } => {
+                write!(f, "all {max_attempts} attempts allowed failed")
+            }
+            Stop::Deadline { deadline } => {
+                write!(
+                    f,
+                    "the {deadline:?} deadline would pass before the next attempt"
+                )
+            }
+        }
+    }
+}
+
+/// The outcome of a call that never succeeded.
+#[derive(Debug)]
+pub struct GaveUp<E> {
+    pub attempts: u32,
+    pub elapsed: Duration,
+    pub stop: Stop,
+    /// The error of the last attempt.
+    pub last: E,
+}
+
+/// Runs `op` until it succeeds, fails permanently, runs out of attempts or would cross the
+/// deadline. `what` names the call in debug logs; it must not contain secrets.
+pub async fn run<T, E, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, GaveUp<E>>
+where
+    F: FnMut(Attempt) -> Fut,
+    Fut: Future<Output = Result<T, Verdict<E>>>,
+    E: fmt::Display,
+{
+    let start = Instant::now();
+    let max_attempts = policy.max_attempts.max(1);
+    let mut number = 0;
+    loop {
+        number += 1;
+        let remaining = policy.deadline.saturating_sub(start.elapsed());
+        let attempt = Attempt {
+            number,
+            timeout: policy.per_try_timeout.min(remaining),
+        };
+        let give_up = |last, stop| GaveUp {
+            attempts: number,
+            elapsed: start.elapsed(),
+            stop,
+            last,
+        };
+        match op(attempt).await {
+            Ok(value) => return Ok(value),
+            Err(Verdict::Fail(e)) => return Err(give_up(e, Stop::NotRetryable)),
+            Err(Verdict::Retry(e)) => {
+                if number >= max_attempts {
+                    return Err(give_up(e, Stop::AttemptsExhausted { max_attempts }));
+                }
+                let delay = policy.backoff(number);
+                // An attempt needs some time to be worth starting; one that would begin at the
+                // deadline would only time out.
+                if start.elapsed() + delay >= policy.deadline {
+                    return Err(give_up(
+                        e,
+                        Stop::Deadline {
+                            deadline: policy.deadline,
+                        },
+                    ));
+                }
+                log::debug!("{what}: attempt {number} failed ({e}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            per_try_timeout: Duration::from_millis(100),
+            max_attempts: 5,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            deadline: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = policy();
+        assert_eq!(p.backoff_cap(1), Duration::from_millis(10));
+        assert_eq!(p.backoff_cap(2), Duration::from_millis(20));
+        assert_eq!(p.backoff_cap(3), Duration::from_millis(40));
+        assert_eq!(p.backoff_cap(30), Duration::from_millis(40));
+        assert_eq!(p.backoff_cap(u32::MAX), Duration::from_millis(40));
+        let draws: Vec<Duration> = (0..200).map(|_| p.backoff(3)).collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_millis(40)));
+        // Full jitter: the draws are spread, not all at the cap.
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(20)));
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn production_policies_are_sane() {
+        for p in [RetryPolicy::imds_boot(), RetryPolicy::ec2_discovery()] {
+            assert!(p.per_try_timeout < p.deadline);
+            assert!(p.base_delay <= p.max_delay);
+            assert!(p.max_attempts > 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_after_max_attempts() {
+        let mut calls = 0;
+        let err = run(&policy(), "test", |_| {
+            calls += 1;
+            async { Err::<(), _>(Verdict::Retry("boom")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 5);
+        assert_eq!(err.attempts, 5);
+        assert_eq!(err.stop, Stop::AttemptsExhausted { max_attempts: 5 });
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_stop_at_once() {
+        let err = run(&policy(), "test", |_| async {
+            Err::<(), _>(Verdict::Fail("no"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.attempts, 1);
+        assert_eq!(err.stop, Stop::NotRetryable);
+    }
+
+    #[tokio::test]
+    async fn deadline_bounds_attempt_timeouts_and_sleeps() {
+        let p = RetryPolicy {
+            per_try_timeout: Duration::from_millis(80),
+            max_attempts: 1000,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(20),
+            deadline: Duration::from_millis(300),
+        };
+        let start = Instant::now();
+        let err = run(&p, "test", |a| async move {
+            assert!(a.timeout <= Duration::from_millis(80));
+            tokio::time::sleep(a.timeout).await;
+            Err::<(), _>(Verdict::Retry("slow"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.stop,
+            Stop::Deadline {
+                deadline: p.deadline
+            }
+        );
+        assert!(err.attempts >= 2, "{err:?}");
+        assert!(
+            start.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

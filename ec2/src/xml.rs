@@ -1,0 +1,448 @@
+//! Parsers for the EC2 Query API responses berth reads: DescribeInstances, DescribeTags, and the
+//! error shape `<Response><Errors><Error><Code>/<Message>`.
+//!
+//! Responses are untrusted: the parsers build a small element tree (bounded depth), then take
+//! exactly the fields berth uses by path, so an instance's own `groupSet` is never confused with
+//! its reservation's. A missing required field is an error naming its path and item.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::model::{Instance, TagDescription};
+
+/// Deeper than any EC2 response (DescribeInstances nests about 8 levels); a guard against a
+/// hostile body exhausting the stack or memory.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    #[error("malformed XML at byte {position}: {message}")]
+    Syntax { position: u64, message: String },
+    #[error("XML nests deeper than {MAX_DEPTH} elements")]
+    TooDeep,
+    #[error("XML document has no root element")]
+    Empty,
+    #[error("expected a <{expected}> document, found <{found}>")]
+    UnexpectedRoot { expected: String, found: String },
+    #[error("{path}: required element missing")]
+    Missing { path: String },
+    #[error("{path}: invalid value {value:?}: {reason}")]
+    Invalid {
+        path: String,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// One element: local name (namespace prefix dropped), text of a leaf, and children.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Element {
+    pub name: String,
+    pub text: String,
+    pub children: Vec<Element>,
+}
+
+impl Element {
+    /// The first child named `name`.
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// All children named `name`.
+    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+
+    /// The element reached by following `path` from here (first match at each step).
+    pub fn at(&self, path: &[&str]) -> Option<&Element> {
+        path.iter().try_fold(self, |e, name| e.child(name))
+    }
+
+    /// The text at `path`, when the element exists.
+    pub fn text_at(&self, path: &[&str]) -> Option<&str> {
+        self.at(path).map(|e| e.text.as_str())
+    }
+
+    /// The `item` children of the set at `path` (EC2's list encoding); none when absent.
+    pub fn items<'a>(&'a self, path: &[&str]) -> impl Iterator<Item = &'a Element> + 'a {
+        self.at(path)
+            .into_iter()
+            .flat_map(|set| set.children_named("item"))
+    }
+}
+
+/// Parses a whole document into its root element.
+pub fn parse_document(xml: &str) -> Result<Element, XmlError> {
+    let mut reader = Reader::from_str(xml);
+    let mut stack: Vec<Element> = Vec::new();
+    let syntax = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| XmlError::Syntax {
+        position: reader.error_position(),
+        message: e.to_string(),
+    };
+    loop {
+        let event = reader.read_event().map_err(|e| syntax(&reader, &e))?;
+        match event {
+            Event::Start(start) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(XmlError::TooDeep);
+                }
+                stack.push(Element {
+                    name: String::from_utf8_lossy(start.local_name().as_ref()).into_owned(),
+                    ..Element::default()
+                });
+            }
+            Event::Empty(start) => {
+                let element = Element {
+                    name: String::from_utf8_lossy(start.local_name().as_ref()).into_owned(),
+                    ..Element::default()
+                };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(element),
+                    None => return Ok(element),
+                }
+            }
+            Event::End(_) => {
+                // quick-xml has already checked that the end tag matches.
+                let element = stack.pop().ok_or(XmlError::Empty)?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(element),
+                    None => return Ok(element),
+                }
+            }
+            Event::Text(text) => {
+                let text = text.unescape().map_err(|e| syntax(&reader, &e))?;
+                if let Some(current) = stack.last_mut() {
+                    current.text.push_str(&text);
+                }
+            }
+            Event::CData(data) => {
+                if let Some(current) = stack.last_mut() {
+                    current
+                        .text
+                        .push_str(&String::from_utf8_lossy(&data.into_inner()));
+                }
+            }
+            Event::Eof => {
+                return Err(match stack.last() {
+                    Some(open) => XmlError::Syntax {
+                        position: reader.buffer_position(),
+                        message: format!("document ends inside <{}>", open.name),
+                    },
+                    None => XmlError::Empty,
+                })
+            }
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
+        }
+    }
+}
+
+fn expect_root(xml: &str, expected: &str) -> Result<Element, XmlError> {
+    let root = parse_document(xml)?;
+    if root.name != expected {
+        return Err(XmlError::UnexpectedRoot {
+            expected: expected.to_string(),
+            found: root.name,
+        });
+    }
+    Ok(root)
+}
+
+fn required<'a>(e: &'a Element, path: &[&str], at: &str) -> Result<&'a str, XmlError> {
+    match e.text_at(path).map(str::trim) {
+        Some(text) if !text.is_empty() => Ok(text),
+        _ => Err(XmlError::Missing {
+            path: format!("{at}/{}", path.join("/")),
+        }),
+    }
+}
+
+fn optional(e: &Element, path: &[&str]) -> Option<String> {
+    e.text_at(path)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+fn next_token(root: &Element) -> Option<String> {
+    optional(root, &["nextToken"])
+}
+
+/// Checks an EC2 resource ID: `prefix-` then lowercase hex.
+fn check_id(value: &str, prefix: &str, path: &str) -> Result<(), XmlError> {
+    let ok = value
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hex| {
+            !hex.is_empty() && hex.len() <= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(XmlError::Invalid {
+            path: path.to_string(),
+            value: excerpt(value),
+            reason: "not an EC2 resource ID of the expected kind",
+        })
+    }
+}
+
+/// Values quoted in errors are cut short: a hostile server should not fill the logs.
+fn excerpt(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
+/// One page of DescribeInstances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeInstancesPage {
+    pub instances: Vec<Instance>,
+    pub next_token: Option<String>,
+}
+
+/// Parses a `DescribeInstancesResponse`.
+pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlError> {
+    let root = expect_root(xml, "DescribeInstancesResponse")?;
+    let mut instances = Vec::new();
+    for (r, reservation) in root.items(&["reservationSet"]).enumerate() {
+        for (i, item) in reservation.items(&["instancesSet"]).enumerate() {
+            let at = format!("reservationSet/item[{r}]/instancesSet/item[{i}]");
+            instances.push(parse_instance(item, &at)?);
+        }
+    }
+    Ok(DescribeInstancesPage {
+        instances,
+        next_token: next_token(&root),
+    })
+}
+
+fn parse_instance(item: &Element, at: &str) -> Result<Instance, XmlError> {
+    let instance_id = required(item, &["instanceId"], at)?.to_string();
+    check_id(&instance_id, "i", &format!("{at}/instanceId"))?;
+    let state = required(item, &["instanceState", "name"], at)?.to_string();
+    let private_ip_address = optional(item, &["privateIpAddress"]);
+    if let Some(ip) = &private_ip_address {
+        if ip.parse::<IpAddr>().is_err() {
+            return Err(XmlError::Invalid {
+                path: format!("{at}/privateIpAddress"),
+                value: excerpt(ip),
+                reason: "not an IP address",
+            });
+        }
+    }
+    let vpc_id = optional(item, &["vpcId"]);
+    if let Some(id) = &vpc_id {
+        check_id(id, "vpc", &format!("{at}/vpcId"))?;
+    }
+    let subnet_id = optional(item, &["subnetId"]);
+    if let Some(id) = &subnet_id {
+        check_id(id, "subnet", &format!("{at}/subnetId"))?;
+    }
+    // The instance's own groupSet, not the reservation's (EC2-Classic era) one.
+    let mut security_group_ids = Vec::new();
+    for (g, group) in item.items(&["groupSet"]).enumerate() {
+        let id = required(group, &["groupId"], &format!("{at}/groupSet/item[{g}]"))?;
+        check_id(id, "sg", &format!("{at}/groupSet/item[{g}]/groupId"))?;
+        security_group_ids.push(id.to_string());
+    }
+    let mut tags = BTreeMap::new();
+    for (t, tag) in item.items(&["tagSet"]).enumerate() {
+        let tag_at = format!("{at}/tagSet/item[{t}]");
+        let key = required(tag, &["key"], &tag_at)?;
+        // Tag values keep their exact bytes (an empty value is a valid tag).
+        let value = tag.text_at(&["value"]).unwrap_or_default();
+        tags.insert(key.to_string(), value.to_string());
+    }
+    Ok(Instance {
+        instance_id,
+        state,
+        private_ip_address,
+        private_dns_name: optional(item, &["privateDnsName"]),
+        vpc_id,
+        subnet_id,
+        security_group_ids,
+        tags,
+    })
+}
+
+/// One page of DescribeTags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeTagsPage {
+    pub tags: Vec<TagDescription>,
+    pub next_token: Option<String>,
+}
+
+/// Parses a `DescribeTagsResponse`.
+pub fn parse_describe_tags(xml: &str) -> Result<DescribeTagsPage, XmlError> {
+    let root = expect_root(xml, "DescribeTagsResponse")?;
+    let mut tags = Vec::new();
+    for (t, item) in root.items(&["tagSet"]).enumerate() {
+        let at = format!("tagSet/item[{t}]");
+        tags.push(TagDescription {
+            resource_id: required(item, &["resourceId"], &at)?.to_string(),
+            resource_type: required(item, &["resourceType"], &at)?.to_string(),
+            key: required(item, &["key"], &at)?.to_string(),
+            value: item.text_at(&["value"]).unwrap_or_default().to_string(),
+        });
+    }
+    Ok(DescribeTagsPage {
+        tags,
+        next_token: next_token(&root),
+    })
+}
+
+/// The error EC2 returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsError {
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+/// Parses `<Response><Errors><Error><Code>..</Code><Message>..</Message></Error></Errors>
+/// <RequestID>..</RequestID></Response>` (and the `<ErrorResponse><Error>` shape some AWS query
+/// services use). The first error is returned.
+pub fn parse_error(xml: &str) -> Result<AwsError, XmlError> {
+    let root = parse_document(xml)?;
+    let (error, at) = match root.name.as_str() {
+        "Response" => (root.at(&["Errors", "Error"]), "Response/Errors/Error"),
+        "ErrorResponse" => (root.child("Error"), "ErrorResponse/Error"),
+        _ => {
+            return Err(XmlError::UnexpectedRoot {
+                expected: "Response".into(),
+                found: root.name,
+            })
+        }
+    };
+    let error = error.ok_or_else(|| XmlError::Missing { path: at.into() })?;
+    Ok(AwsError {
+        code: required(error, &["Code"], at)?.to_string(),
+        message: error
+            .text_at(&["Message"])
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        request_id: optional(&root, &["RequestID"])
+            .or_else(|| optional(&root, &["RequestId"]))
+            .or_else(|| optional(&root, &["ResponseMetadata", "RequestId"])),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_instance_groups_apart_from_reservation_groups() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <requestId>8f7724cf-496f-496e-8fe3-example</requestId>
+  <reservationSet>
+    <item>
+      <reservationId>r-1234567890abcdef0</reservationId>
+      <ownerId>123456789012</ownerId>
+      <groupSet>
+        <item><groupId>sg-00000000000000000</groupId><groupName>classic</groupName></item>
+      </groupSet>
+      <instancesSet>
+        <item>
+          <instanceId>i-1234567890abcdef0</instanceId>
+          <instanceState><code>16</code><name>running</name></instanceState>
+          <privateDnsName>ip-10-0-0-12.ec2.internal</privateDnsName>
+          <privateIpAddress>10.0.0.12</privateIpAddress>
+          <subnetId>subnet-0abc</subnetId>
+          <vpcId>vpc-0def</vpcId>
+          <groupSet>
+            <item><groupId>sg-0aaa</groupId><groupName>k8s</groupName></item>
+            <item><groupId>sg-0bbb</groupId><groupName>ssh</groupName></item>
+          </groupSet>
+          <tagSet>
+            <item><key>role</key><value>master</value></item>
+            <item><key>empty</key><value/></item>
+            <item><key>amp</key><value>a &amp; b</value></item>
+          </tagSet>
+          <networkInterfaceSet>
+            <item><groupSet><item><groupId>sg-0ccc</groupId></item></groupSet></item>
+          </networkInterfaceSet>
+        </item>
+      </instancesSet>
+    </item>
+  </reservationSet>
+</DescribeInstancesResponse>"#;
+        let page = parse_describe_instances(xml).unwrap();
+        assert_eq!(page.next_token, None);
+        assert_eq!(page.instances.len(), 1);
+        let i = &page.instances[0];
+        assert_eq!(i.instance_id, "i-1234567890abcdef0");
+        assert_eq!(i.state, "running");
+        assert_eq!(i.security_group_ids, ["sg-0aaa", "sg-0bbb"]);
+        assert_eq!(i.tags["role"], "master");
+        assert_eq!(i.tags["empty"], "");
+        assert_eq!(i.tags["amp"], "a & b");
+        assert_eq!(i.private_ip_address.as_deref(), Some("10.0.0.12"));
+    }
+
+    #[test]
+    fn missing_and_garbage_fields_are_named() {
+        let xml = "<DescribeInstancesResponse><reservationSet><item><instancesSet><item>\
+                   <instanceId>i-0abc</instanceId></item></instancesSet></item></reservationSet>\
+                   </DescribeInstancesResponse>";
+        let err = parse_describe_instances(xml).unwrap_err().to_string();
+        assert!(
+            err.contains("instancesSet/item[0]/instanceState/name"),
+            "{err}"
+        );
+
+        let xml = "<DescribeInstancesResponse><reservationSet><item><instancesSet><item>\
+                   <instanceId>i-0abc</instanceId><instanceState><name>running</name>\
+                   </instanceState><privateIpAddress>10.0.0.300</privateIpAddress></item>\
+                   </instancesSet></item></reservationSet></DescribeInstancesResponse>";
+        let err = parse_describe_instances(xml).unwrap_err().to_string();
+        assert!(err.contains("privateIpAddress"), "{err}");
+
+        let err = parse_describe_instances("<Response/>").unwrap_err();
+        assert!(matches!(err, XmlError::UnexpectedRoot { .. }), "{err}");
+        assert!(parse_describe_instances("<DescribeInstancesResponse>").is_err());
+        assert!(parse_describe_instances("not xml at all").is_err());
+        assert!(parse_describe_instances("").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let xml = "<a>".repeat(1000) + &"</a>".repeat(1000);
+        assert!(matches!(parse_document(&xml), Err(XmlError::TooDeep)));
+    }
+
+    #[test]
+    fn parses_the_ec2_error_shape() {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                   <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>\
+                   </Error></Errors><RequestID>abc-123</RequestID></Response>";
+        let e = parse_error(xml).unwrap();
+        assert_eq!(e.code, "RequestLimitExceeded");
+        assert_eq!(e.message, "Request limit exceeded.");
+        assert_eq!(e.request_id.as_deref(), Some("abc-123"));
+    }
+
+    #[test]
+    fn parses_describe_tags() {
+        let xml = r#"<DescribeTagsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+   <requestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</requestId>
+   <tagSet>
+      <item>
+         <resourceId>i-1234567890abcdef0</resourceId>
+         <resourceType>instance</resourceType>
+         <key>berth:cluster</key>
+         <value>demo</value>
+      </item>
+   </tagSet>
+   <nextToken>abc</nextToken>
+</DescribeTagsResponse>"#;
+        let page = parse_describe_tags(xml).unwrap();
+        assert_eq!(page.next_token.as_deref(), Some("abc"));
+        assert_eq!(page.tags[0].key, "berth:cluster");
+        assert_eq!(page.tags[0].value, "demo");
+        assert_eq!(page.tags[0].resource_type, "instance");
+    }
+}

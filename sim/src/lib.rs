@@ -1,1 +1,245 @@
-//! placeholder
+//! berth-sim: an emulated EC2 region on one machine, for the demo and the fast tests. Every
+//! instance gets its own IMDSv2 endpoint; the region gets one EC2 Query API endpoint
+//! (DescribeInstances, DescribeTags) with filters, paging and SigV4 verification. Faults
+//! (failures, throttling, resets, latency, expired tokens) are injected per listener at run
+//! time, and every request is logged for tests to assert on.
+//!
+//! It is an independent implementation of the wire protocol: it shares no code with berth-ec2,
+//! so a bug in the client is not mirrored in the server.
+//!
+//! Not for: production, any network but loopback, or the EC2 APIs berth does not call.
+
+pub mod cluster;
+mod ec2;
+pub mod faults;
+mod filter;
+mod http;
+mod imds;
+pub mod record;
+mod region;
+mod sigv4;
+mod time_fmt;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+pub use cluster::{ClusterSpec, CredentialsSpec, InstanceSpec, SecurityGroupSpec, SpecError};
+pub use faults::{Faults, Target};
+pub use record::{Listener, RequestRecord};
+
+use faults::FaultState;
+use http::Server;
+use record::RequestLog;
+use region::Region;
+
+/// Where listeners bind when the spec names no address: loopback, any free port.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+struct ImdsListener {
+    server: Server,
+    faults: Arc<FaultState>,
+}
+
+/// A running region: the EC2 endpoint and one IMDS per instance.
+pub struct Sim {
+    region: Arc<Region>,
+    log: Arc<RequestLog>,
+    ec2: Server,
+    ec2_faults: Arc<FaultState>,
+    /// By instance id.
+    imds: Mutex<BTreeMap<String, ImdsListener>>,
+}
+
+fn spec_err(e: SpecError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+impl Sim {
+    /// Start the region described by `spec`: the EC2 listener and one IMDS listener per
+    /// instance, on the spec's addresses or on free loopback ports.
+    pub async fn start(spec: ClusterSpec) -> io::Result<Sim> {
+        let region = Arc::new(Region::new(&spec).map_err(spec_err)?);
+        let log = Arc::new(RequestLog::default());
+        let ec2_faults = Arc::new(FaultState::default());
+        let ec2 = Server::bind(
+            spec.ec2_listen.unwrap_or(DEFAULT_LISTEN),
+            Listener::Ec2,
+            Arc::new(ec2::Ec2::new(region.clone())),
+            ec2_faults.clone(),
+            log.clone(),
+        )
+        .await?;
+        let sim = Sim {
+            region,
+            log,
+            ec2,
+            ec2_faults,
+            imds: Mutex::new(BTreeMap::new()),
+        };
+        let ids: Vec<(String, Option<SocketAddr>)> = sim
+            .region
+            .world()
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), i.imds_listen))
+            .collect();
+        for (id, listen) in ids {
+            if let Err(e) = sim.start_imds(&id, listen).await {
+                sim.stop_all();
+                return Err(e);
+            }
+        }
+        Ok(sim)
+    }
+
+    async fn start_imds(&self, id: &str, listen: Option<SocketAddr>) -> io::Result<()> {
+        let faults = Arc::new(FaultState::default());
+        let server = Server::bind(
+            listen.unwrap_or(DEFAULT_LISTEN),
+            Listener::Imds(id.to_string()),
+            Arc::new(imds::Imds::new(
+                self.region.clone(),
+                id.to_string(),
+                faults.clone(),
+            )),
+            faults.clone(),
+            self.log.clone(),
+        )
+        .await?;
+        log::info!("{id}: IMDS on http://{}/", server.addr);
+        self.imds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), ImdsListener { server, faults });
+        Ok(())
+    }
+
+    /// The EC2 endpoint, e.g. `http://127.0.0.1:41234/`.
+    pub fn ec2_url(&self) -> String {
+        format!("http://{}/", self.ec2.addr)
+    }
+
+    /// The EC2 listener's address.
+    pub fn ec2_addr(&self) -> SocketAddr {
+        self.ec2.addr
+    }
+
+    /// The IMDS endpoint of an instance (by id or `Name`), e.g. `http://127.0.0.1:41235/`.
+    pub fn imds_url(&self, id_or_name: &str) -> Option<String> {
+        self.imds_addr(id_or_name).map(|a| format!("http://{a}/"))
+    }
+
+    /// The IMDS listener address of an instance (by id or `Name`).
+    pub fn imds_addr(&self, id_or_name: &str) -> Option<SocketAddr> {
+        let id = self.region.resolve(id_or_name)?;
+        let imds = self.imds.lock().unwrap_or_else(|p| p.into_inner());
+        imds.get(&id).map(|l| l.server.addr)
+    }
+
+    /// The instance id of the instance with this `Name` (or this id).
+    pub fn instance_id(&self, name: &str) -> Option<String> {
+        self.region.resolve(name)
+    }
+
+    /// The region's name, e.g. `us-east-1`.
+    pub fn region(&self) -> &str {
+        &self.region.region
+    }
+
+    /// Every instance as `(name, instance id, state)`, in launch order.
+    pub fn instances(&self) -> Vec<(String, String, String)> {
+        self.region
+            .world()
+            .instances
+            .iter()
+            .map(|i| (i.name.clone(), i.id.clone(), i.state().to_string()))
+            .collect()
+    }
+
+    /// The private IPv4 address of an instance (by id or `Name`).
+    pub fn private_ip(&self, id_or_name: &str) -> Option<Ipv4Addr> {
+        let id = self.region.resolve(id_or_name)?;
+        let w = self.region.world();
+        w.instances
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| i.private_ip)
+    }
+
+    /// Launch a new instance: `pending` for the cluster's `launch_pending_ms`, then `running`
+    /// (unless the spec names a state). Its IMDS starts at once. Returns its instance id.
+    pub async fn launch(&self, spec: InstanceSpec) -> io::Result<String> {
+        let id = self.region.add_instance(&spec, true).map_err(spec_err)?;
+        self.start_imds(&id, spec.imds_listen).await?;
+        log::info!("launched {} as {id}", spec.name);
+        Ok(id)
+    }
+
+    /// Set an instance's state (`pending`, `running`, `stopping`, `stopped`, `shutting-down`,
+    /// `terminated`). Panics on an unknown instance or state: that is a bug in the test.
+    pub fn set_state(&self, id_or_name: &str, state: &str) {
+        let id = self
+            .region
+            .resolve(id_or_name)
+            .unwrap_or_else(|| panic!("berth-sim: no instance `{id_or_name}`"));
+        assert!(
+            self.region.set_state(&id, state),
+            "berth-sim: `{state}` is not an EC2 instance state"
+        );
+    }
+
+    /// Set (`Some`) or delete (`None`) a tag of an instance. Panics on an unknown instance.
+    pub fn set_tag(&self, id_or_name: &str, key: &str, value: Option<&str>) {
+        let id = self
+            .region
+            .resolve(id_or_name)
+            .unwrap_or_else(|| panic!("berth-sim: no instance `{id_or_name}`"));
+        self.region.set_tag(&id, key, value);
+    }
+
+    /// The fault controls of one listener. Panics on an unknown instance.
+    pub fn faults(&self, target: Target) -> Faults {
+        let state = match target {
+            Target::Ec2 => self.ec2_faults.clone(),
+            Target::Imds(id_or_name) => {
+                let id = self
+                    .region
+                    .resolve(&id_or_name)
+                    .unwrap_or_else(|| panic!("berth-sim: no instance `{id_or_name}`"));
+                let imds = self.imds.lock().unwrap_or_else(|p| p.into_inner());
+                imds.get(&id)
+                    .unwrap_or_else(|| panic!("berth-sim: instance `{id}` has no IMDS"))
+                    .faults
+                    .clone()
+            }
+        };
+        Faults { state }
+    }
+
+    /// Every request read so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.log.snapshot()
+    }
+
+    fn stop_all(&self) {
+        self.ec2.stop();
+        for l in self.imds.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            l.server.stop();
+        }
+    }
+
+    /// Stop every listener and close every connection.
+    pub async fn shutdown(self) {
+        self.stop_all();
+        // Let the aborted tasks run their drops (closing sockets) before returning.
+        tokio::task::yield_now().await;
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

@@ -5,7 +5,11 @@
 //! records the actions (`--no-host-actions`, and the planner's tests), and the D-Bus host, which
 //! talks to the real daemons.
 
+pub mod dbus;
+pub mod login;
 pub mod record;
+pub mod rpmostree;
+pub mod systemd;
 
 use std::fmt;
 

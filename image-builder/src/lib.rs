@@ -1,0 +1,18 @@
+//! berth-image: bakes berth into OS images.
+//!
+//! For: layering berth-agent, its systemd units, its profiles and its default
+//! config onto a base OSTree commit (`commit`), and showing what was layered
+//! (`inspect`). The result is an ordinary OSTree commit that a host can
+//! `rpm-ostree rebase` to.
+//!
+//! Not for: building the base OS (that is the distribution's compose), running
+//! anything on a host, or per-instance state: nothing under `/var/lib/berth`
+//! is ever baked, so every instance runs its own first boot.
+
+pub mod agent;
+pub mod commit;
+pub mod inputs;
+pub mod inspect;
+pub mod overlay;
+pub mod tree;
+pub mod units;

@@ -1,1 +1,310 @@
-fn main() {}
+//! The `berth-agent` command: `run`, `plan`, `status`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use url::Url;
+
+use berth_agent::host::dbus::{DbusAddresses, DbusHost};
+use berth_agent::host::record::RecordingHost;
+use berth_agent::host::Host;
+use berth_agent::run::{exit, Agent, Options, Outcome, RunError};
+use berth_agent::state::State;
+use berth_agent::{logging, notify, plan, poll, status};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "Configures this EC2 instance as a node of its cluster, and keeps it configured"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Prefix of every host path (files, state); `/` on a real host.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// IMDS base URL; repeat to give several, tried in order. Default: http://169.254.169.254/
+    /// then http://[fd00:ec2::254]/.
+    #[arg(long = "imds-endpoint", value_name = "URL")]
+    imds_endpoints: Vec<Url>,
+    /// EC2 API endpoint. Default: https://ec2.REGION.amazonaws.com/ for the instance's region.
+    #[arg(long, value_name = "URL")]
+    ec2_endpoint: Option<Url>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Converge this node; without --once, keep it converged as the cluster changes.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Converge once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Record unit and upgrade actions in the state and output instead of calling D-Bus.
+        #[arg(long)]
+        no_host_actions: bool,
+        /// D-Bus address of systemd and logind (default: the system bus).
+        #[arg(long, value_name = "ADDRESS")]
+        system_bus: Option<String>,
+        /// D-Bus address of rpm-ostree's daemon (default: the same bus as systemd).
+        #[arg(long, value_name = "ADDRESS")]
+        rpmostree_bus: Option<String>,
+    },
+    /// Show what `run` would do; changes nothing.
+    Plan {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// This node's phase and the cluster as last seen, from the state alone.
+    Status {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+fn options(c: &Common, host_actions: bool) -> Options {
+    Options {
+        root: c.root.clone(),
+        imds_endpoints: c.imds_endpoints.clone(),
+        ec2_endpoint: c.ec2_endpoint.clone(),
+        host_actions,
+    }
+}
+
+fn fail(e: &RunError) -> ExitCode {
+    log::error!("{e}");
+    ExitCode::from(e.exit_code() as u8)
+}
+
+fn main() -> ExitCode {
+    logging::init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    rt.block_on(async move {
+        match cli.command {
+            Command::Status { root, format } => status_cmd(root, format),
+            Command::Plan { common, format } => plan_cmd(&common, format).await,
+            Command::Run {
+                common,
+                once,
+                no_host_actions,
+                system_bus,
+                rpmostree_bus,
+            } => {
+                let opts = options(&common, !no_host_actions);
+                if no_host_actions {
+                    let mut host = RecordingHost::default();
+                    run_cmd(opts, once, &mut host).await
+                } else {
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    spawn_interrupt(tx);
+                    let addrs = DbusAddresses {
+                        system: system_bus,
+                        rpmostree: rpmostree_bus,
+                    };
+                    match DbusHost::connect(&addrs).await {
+                        Ok(h) => {
+                            let mut host = h.with_interrupt(rx);
+                            run_cmd(opts, once, &mut host).await
+                        }
+                        Err(e) => {
+                            log::error!("connecting to D-Bus: {e}");
+                            ExitCode::from(exit::HOST as u8)
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn spawn_interrupt(tx: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        let _ = tx.send(true);
+    });
+}
+
+fn status_cmd(root: PathBuf, format: Format) -> ExitCode {
+    match State::load_current(&root) {
+        Ok(Some(s)) => {
+            match format {
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&s).expect("serializes"))
+                }
+                Format::Text => print!("{}", status::render_text(&s)),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "berth-agent: no state under {}: the agent has not run on this host yet",
+                root.join("var/lib/berth").display()
+            );
+            ExitCode::from(exit::FAILURE as u8)
+        }
+        Err(e) => {
+            eprintln!("berth-agent: {e}");
+            ExitCode::from(exit::FAILURE as u8)
+        }
+    }
+}
+
+async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
+    let mut agent = Agent::new(options(common, false));
+    match agent.plan().await {
+        Ok(r) => {
+            match format {
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&r).expect("serializes"))
+                }
+                Format::Text => {
+                    println!("cluster:  {} ({} members)", r.condition, r.membership.len());
+                    println!("upgrade:  {}", r.upgrade);
+                    let p = plan::Plan {
+                        instance_id: r.instance_id.clone(),
+                        node: r.node.clone(),
+                        role: r.role,
+                        profile: String::new(),
+                        files: r.files.clone(),
+                        reload: r.reload,
+                        units: r.units.clone(),
+                    };
+                    print!("{}", plan::render_text(&p));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut H) -> ExitCode {
+    let root = opts.root.clone();
+    let mut agent = Agent::new(opts);
+    let mut ready_sent = false;
+    loop {
+        let result = agent.converge(host).await;
+        host.save_recorded(&root);
+        let (members, pages) = match &result {
+            Ok(Outcome::Converged {
+                files_changed,
+                restarts,
+                members,
+                instances_seen,
+                pages,
+            }) => {
+                let line = format!(
+                    "converged: {members} nodes, {files_changed} files changed, {} restarts",
+                    restarts.len()
+                );
+                log::info!("{line}");
+                notify::status(&line);
+                (*instances_seen, *pages)
+            }
+            Ok(Outcome::Rebooting) => {
+                log::info!("rebooting into the upgraded deployment");
+                notify::status("rebooting into the upgraded deployment");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                log::error!("{e}");
+                notify::status(&format!("not converged: {e}"));
+                if once {
+                    return ExitCode::from(e.exit_code() as u8);
+                }
+                (1, 1)
+            }
+        };
+        if once {
+            return ExitCode::SUCCESS;
+        }
+        if !ready_sent {
+            // Ready after the first attempt, converged or not: units ordered after berth-agent
+            // should not wait forever on a cluster that has no master yet.
+            notify::notify("READY=1");
+            ready_sent = true;
+        }
+        let poll = agent_poll(&agent);
+        let wait = poll::next_interval(&poll, members, pages, fastrand::f64());
+        log::debug!("next poll in {wait:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown() => {
+                notify::notify("STOPPING=1");
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+}
+
+fn agent_poll(agent: &Agent) -> berth_agent::config::Poll {
+    agent
+        .last_config()
+        .map(|c| c.poll.clone())
+        .unwrap_or_else(|| berth_agent::config::Config::default().poll)
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Hosts that recorded instead of acting keep their record in the state.
+trait RecordActions {
+    fn save_recorded(&mut self, _root: &std::path::Path) {}
+}
+
+impl RecordActions for DbusHost {}
+
+impl RecordActions for RecordingHost {
+    fn save_recorded(&mut self, root: &std::path::Path) {
+        if self.actions.is_empty() {
+            return;
+        }
+        let actions = std::mem::take(&mut self.actions);
+        for a in &actions {
+            println!(
+                "recorded host action: {}",
+                serde_json::to_string(a).expect("serializes")
+            );
+        }
+        if let Ok(Some(mut s)) = State::load_current(root) {
+            s.recorded_actions = actions;
+            if let Err(e) = s.save(root) {
+                log::error!("saving recorded actions: {e}");
+            }
+        }
+    }
+}

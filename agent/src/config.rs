@@ -1,0 +1,497 @@
+//! The agent's configuration: one typed model merged from layers, each validated.
+//!
+//! Layers, lowest first: built-in defaults, the image's defaults (`/usr/share/berth/config.yaml`),
+//! the host's `/etc/berth/config.yaml`, the instance's tags (`role`, `berth:cluster`), then
+//! user-data. User-data sits above the tags so that a launch template can pin a node's role or
+//! cluster without retagging (the `role` tag is the usual source; user-data overrides it).
+//!
+//! Every layer is untrusted. A file layer with an unknown key, a wrong type or a value that would
+//! not be valid in the files it reaches is an error that names the source, the line and column,
+//! and the fix. Nothing here touches the disk or the network: callers pass the layers' text.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Minion,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Minion => "minion",
+        }
+    }
+
+    /// Parses a role as written in a tag or user-data; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "master" => Some(Role::Master),
+            "minion" => Some(Role::Minion),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Role::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown role {s:?}")))
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a failed OS upgrade does to the rest of the first boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpgradeFailure {
+    /// Stop: do not configure the node on an OS the operator asked to have upgraded. The upgrade
+    /// is tried again at the next run.
+    Block,
+    /// Go on with the booted deployment; the failure stays in the state and in `status`.
+    Continue,
+}
+
+/// The merged configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Config {
+    /// Set by the `role` tag or user-data; `None` is an error at run time, reported with the fix.
+    pub role: Option<Role>,
+    /// The `berth:cluster` tag or user-data; `None` means "every instance in my security groups".
+    pub cluster: Option<String>,
+    pub profile: String,
+    pub upgrade: bool,
+    pub upgrade_failure: UpgradeFailure,
+    pub manage_hosts: bool,
+    pub poll: Poll,
+    pub kubernetes: Kubernetes,
+}
+
+/// How the reconcile daemon polls EC2 for membership changes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Poll {
+    /// The shortest time between two polls of one node.
+    pub interval_seconds: f64,
+    /// The DescribeInstances requests per second that the whole cluster may spend. Each node
+    /// stretches its interval so that `nodes × pages ÷ interval` stays under it (see `poll.rs`).
+    pub cluster_requests_per_second: f64,
+}
+
+/// Values of the Kubernetes files that users may change from the seed's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Kubernetes {
+    pub log_level: u8,
+    pub allow_privileged: bool,
+    /// The apiserver's `--portal_net`.
+    pub service_cidr: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: None,
+            cluster: None,
+            profile: "legacy-2015".to_string(),
+            upgrade: true,
+            upgrade_failure: UpgradeFailure::Block,
+            manage_hosts: true,
+            poll: Poll {
+                interval_seconds: 30.0,
+                cluster_requests_per_second: 2.0,
+            },
+            kubernetes: Kubernetes {
+                log_level: 0,
+                allow_privileged: false,
+                service_cidr: "10.254.0.0/16".to_string(),
+            },
+        }
+    }
+}
+
+/// One layer as written: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    role: Option<String>,
+    cluster: Option<String>,
+    profile: Option<String>,
+    upgrade: Option<bool>,
+    upgrade_failure: Option<UpgradeFailure>,
+    manage_hosts: Option<bool>,
+    poll: Option<PollLayer>,
+    kubernetes: Option<KubernetesLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollLayer {
+    interval_seconds: Option<f64>,
+    cluster_requests_per_second: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesLayer {
+    log_level: Option<u8>,
+    allow_privileged: Option<bool>,
+    service_cidr: Option<String>,
+}
+
+/// The keys a layer may hold, for "did you mean" hints.
+const KEYS: &[&str] = &[
+    "role",
+    "cluster",
+    "profile",
+    "upgrade",
+    "upgrade_failure",
+    "manage_hosts",
+    "poll",
+    "kubernetes",
+    "interval_seconds",
+    "cluster_requests_per_second",
+    "log_level",
+    "allow_privileged",
+    "service_cidr",
+];
+
+/// The tag keys berth reads.
+pub const ROLE_TAG: &str = "role";
+pub const CLUSTER_TAG: &str = "berth:cluster";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{source_name}{location}: {message}")]
+    Syntax {
+        source_name: String,
+        location: String,
+        message: String,
+    },
+    #[error("{source_name}: `{field}` = {value:?}: {problem}; {fix}")]
+    Invalid {
+        source_name: String,
+        field: String,
+        value: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl Layer {
+    /// Parses one YAML layer. An empty document is an empty layer.
+    pub fn parse(source_name: &str, text: &str) -> Result<Layer, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Layer::default());
+        }
+        serde_norway::from_str::<Option<Layer>>(text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| syntax_error(source_name, &e))
+    }
+
+    /// The layer made of this instance's own tags.
+    pub fn from_tags(tags: &std::collections::BTreeMap<String, String>) -> Layer {
+        Layer {
+            role: tags.get(ROLE_TAG).cloned(),
+            cluster: tags.get(CLUSTER_TAG).cloned(),
+            ..Layer::default()
+        }
+    }
+}
+
+fn syntax_error(source_name: &str, e: &serde_norway::Error) -> ConfigError {
+    let location = match e.location() {
+        Some(l) => format!(" line {}, column {}", l.line(), l.column()),
+        None => String::new(),
+    };
+    let raw = e.to_string();
+    // serde_norway appends " at line L column C" to its message; the location is given once,
+    // in front, where a user looks for it.
+    let mut message = match raw.find(" at line ") {
+        Some(i) => raw[..i].to_string(),
+        None => raw,
+    };
+    if let Some(at) = message.find("unknown field `") {
+        // Nested keys come as "kubernetes: unknown field ..."; name them by their dotted path.
+        let parent: String = message[..at]
+            .trim_end_matches([':', ' '])
+            .split(": ")
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p}."))
+            .collect();
+        let rest = &message[at + "unknown field `".len()..];
+        if let Some(end) = rest.find('`') {
+            let key = rest[..end].to_string();
+            let mut m = format!("unknown key `{parent}{key}`");
+            match did_you_mean(&key) {
+                Some(hint) => m.push_str(&format!("; did you mean `{parent}{hint}`?")),
+                None => m.push_str("; remove it (see the README's configuration reference)"),
+            }
+            message = m;
+        }
+    }
+    ConfigError::Syntax {
+        source_name: source_name.to_string(),
+        location,
+        message,
+    }
+}
+
+fn did_you_mean(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+impl Config {
+    /// Merges `layers` (lowest first) onto the defaults, validating each value against the
+    /// source it came from.
+    pub fn merge<'a>(
+        layers: impl IntoIterator<Item = (&'a str, &'a Layer)>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        for (source, layer) in layers {
+            c.apply(source, layer)?;
+        }
+        Ok(c)
+    }
+
+    fn apply(&mut self, source: &str, l: &Layer) -> Result<(), ConfigError> {
+        let invalid = |field: &str, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
+            source_name: source.to_string(),
+            field: field.to_string(),
+            value: value.to_string(),
+            problem: problem.to_string(),
+            fix: fix.to_string(),
+        };
+        if let Some(r) = &l.role {
+            self.role = Some(Role::parse(r).ok_or_else(|| {
+                invalid(
+                    "role",
+                    r,
+                    "not a role",
+                    "use `master` or `minion` (the instance's `role` tag, or `role:` in user-data)",
+                )
+            })?);
+        }
+        if let Some(cl) = &l.cluster {
+            if !valid_cluster_name(cl) {
+                return Err(invalid(
+                    "cluster",
+                    cl,
+                    "not a cluster name",
+                    "use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit \
+                     (the `berth:cluster` tag, or `cluster:` in user-data)",
+                ));
+            }
+            self.cluster = Some(cl.clone());
+        }
+        if let Some(p) = &l.profile {
+            if !valid_cluster_name(p) {
+                return Err(invalid(
+                    "profile",
+                    p,
+                    "not a profile name",
+                    "name a directory of /usr/share/berth/profiles, e.g. `legacy-2015`",
+                ));
+            }
+            self.profile = p.clone();
+        }
+        if let Some(u) = l.upgrade {
+            self.upgrade = u;
+        }
+        if let Some(f) = l.upgrade_failure {
+            self.upgrade_failure = f;
+        }
+        if let Some(m) = l.manage_hosts {
+            self.manage_hosts = m;
+        }
+        if let Some(p) = &l.poll {
+            if let Some(i) = p.interval_seconds {
+                if !(0.05..=86_400.0).contains(&i) {
+                    return Err(invalid(
+                        "poll.interval_seconds",
+                        &i.to_string(),
+                        "out of range",
+                        "use a number of seconds from 0.05 to 86400",
+                    ));
+                }
+                self.poll.interval_seconds = i;
+            }
+            if let Some(r) = p.cluster_requests_per_second {
+                if !(0.001..=100.0).contains(&r) {
+                    return Err(invalid(
+                        "poll.cluster_requests_per_second",
+                        &r.to_string(),
+                        "out of range",
+                        "use a rate from 0.001 to 100 requests per second",
+                    ));
+                }
+                self.poll.cluster_requests_per_second = r;
+            }
+        }
+        if let Some(k) = &l.kubernetes {
+            if let Some(v) = k.log_level {
+                if v > 10 {
+                    return Err(invalid(
+                        "kubernetes.log_level",
+                        &v.to_string(),
+                        "out of range",
+                        "use a verbosity from 0 to 10",
+                    ));
+                }
+                self.kubernetes.log_level = v;
+            }
+            if let Some(v) = k.allow_privileged {
+                self.kubernetes.allow_privileged = v;
+            }
+            if let Some(v) = &k.service_cidr {
+                if !valid_ipv4_cidr(v) {
+                    return Err(invalid(
+                        "kubernetes.service_cidr",
+                        v,
+                        "not an IPv4 CIDR block",
+                        "write it like `10.254.0.0/16`",
+                    ));
+                }
+                self.kubernetes.service_cidr = v.clone();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cluster and profile names: they reach tag filters, paths and file comments.
+pub fn valid_cluster_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `a.b.c.d/n` with the host bits clear.
+pub fn valid_ipv4_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+        return false;
+    };
+    if len > 32 || len.to_string().len() != s.len() - s.find('/').unwrap() - 1 {
+        return false;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(addr) & !mask == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Result<Config, ConfigError> {
+        let l = Layer::parse("user-data", text)?;
+        Config::merge([("user-data", &l)])
+    }
+
+    #[test]
+    fn defaults_are_the_seed() {
+        let c = one("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.kubernetes.service_cidr, "10.254.0.0/16");
+        assert!(c.upgrade);
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_hint() {
+        let e = one("cluster: seed\nupgrade: true\n\nrol: master\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "user-data line 4, column 1: unknown key `rol`; did you mean `role`?"
+        );
+        let e = one("kubernetes:\n  log_levle: 2\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("user-data line 2, column 3: unknown key `kubernetes.log_levle`; did you mean `kubernetes.log_level`?"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_is_located() {
+        let e = one("role: [master\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("user-data line "), "{s}");
+    }
+
+    #[test]
+    fn bad_role_names_field_and_fix() {
+        let e = one("role: captain\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "user-data: `role` = \"captain\": not a role; use `master` or `minion` (the instance's \
+             `role` tag, or `role:` in user-data)"
+        );
+    }
+
+    #[test]
+    fn user_data_overrides_tags() {
+        let tags = [("role".to_string(), "minion".to_string())].into();
+        let t = Layer::from_tags(&tags);
+        let u = Layer::parse("user-data", "role: master\n").unwrap();
+        let c = Config::merge([("tags", &t), ("user-data", &u)]).unwrap();
+        assert_eq!(c.role, Some(Role::Master));
+        let c = Config::merge([("tags", &t)]).unwrap();
+        assert_eq!(c.role, Some(Role::Minion));
+    }
+
+    #[test]
+    fn hostile_tag_values_are_refused() {
+        for bad in ["Seed", "a b", "x\ny", "", "-x", "é", &"a".repeat(64)] {
+            let tags = [("berth:cluster".to_string(), bad.to_string())].into();
+            let l = Layer::from_tags(&tags);
+            assert!(Config::merge([("tags", &l)]).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cidr_validation() {
+        assert!(valid_ipv4_cidr("10.254.0.0/16"));
+        assert!(!valid_ipv4_cidr("10.254.0.1/16"));
+        assert!(!valid_ipv4_cidr("10.254.0.0/33"));
+        assert!(!valid_ipv4_cidr("10.254.0.0/016"));
+        assert!(!valid_ipv4_cidr("10.254.0.0"));
+        assert!(!valid_ipv4_cidr("10.254.0.0/16\"; rm"));
+    }
+}

@@ -1,0 +1,373 @@
+//! Profiles: which files, units and unit fixes a role gets, as data (`configs/profiles/NAME/`).
+//!
+//! A profile is a directory holding `profile.yaml` (the manifest) and `templates/`. The agent looks
+//! for it under the host's `/etc/berth/profiles/`, then the image's `/usr/share/berth/profiles/`;
+//! `legacy-2015` is also built into the binary so that an agent copied onto a bare host works.
+//! A profile is validated as a whole when loaded: a bad manifest fails before anything is planned.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::Role;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    files: Vec<FileSpec>,
+    #[serde(default)]
+    unit_fixes: Vec<UnitFix>,
+    roles: BTreeMap<String, RoleUnits>,
+    #[serde(default)]
+    inputs: BTreeMap<String, Vec<String>>,
+}
+
+/// One rendered file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: String,
+    pub template: String,
+    pub roles: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+fn default_mode() -> String {
+    "0644".to_string()
+}
+
+/// A textual fix of a shipped unit, written to `/etc/systemd/system/UNIT`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UnitFix {
+    pub unit: String,
+    pub replace: Vec<Replace>,
+    #[serde(default)]
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Replace {
+    pub from: String,
+    pub to: String,
+}
+
+/// The units of one role, in the order they are acted on.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoleUnits {
+    /// Restarted when an input changed (started otherwise), then enabled.
+    #[serde(default)]
+    pub run: Vec<String>,
+    /// Stopped, then disabled.
+    #[serde(default)]
+    pub halt: Vec<String>,
+}
+
+/// A loaded, validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    /// Where it was loaded from (`built-in` for the embedded copy).
+    pub origin: String,
+    pub files: Vec<FileSpec>,
+    pub unit_fixes: Vec<UnitFix>,
+    pub roles: BTreeMap<Role, RoleUnits>,
+    /// unit → the files it reads.
+    pub inputs: BTreeMap<String, Vec<String>>,
+    /// template name → source.
+    pub templates: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error(
+        "profile `{name}` not found in {searched}; install it there, or set `profile:` to one \
+         that exists (built in: legacy-2015)"
+    )]
+    NotFound { name: String, searched: String },
+    #[error("profile {origin}: reading {path}: {source}")]
+    Read {
+        origin: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("profile {origin}: profile.yaml: {message}")]
+    Manifest { origin: String, message: String },
+}
+
+/// The legacy-2015 profile as built into the binary, from `configs/profiles/legacy-2015/`.
+const BUILTIN_LEGACY_2015: &[(&str, &str)] = &[
+    (
+        "profile.yaml",
+        include_str!("../../configs/profiles/legacy-2015/profile.yaml"),
+    ),
+    (
+        "templates/etcd.conf",
+        include_str!("../../configs/profiles/legacy-2015/templates/etcd.conf"),
+    ),
+    (
+        "templates/config",
+        include_str!("../../configs/profiles/legacy-2015/templates/config"),
+    ),
+    (
+        "templates/apiserver",
+        include_str!("../../configs/profiles/legacy-2015/templates/apiserver"),
+    ),
+    (
+        "templates/controller-manager",
+        include_str!("../../configs/profiles/legacy-2015/templates/controller-manager"),
+    ),
+    (
+        "templates/kubelet",
+        include_str!("../../configs/profiles/legacy-2015/templates/kubelet"),
+    ),
+];
+
+/// The directories searched for profiles, relative to the host root, most specific first.
+pub const SEARCH_DIRS: &[&str] = &["etc/berth/profiles", "usr/share/berth/profiles"];
+
+impl Profile {
+    /// Finds `name` under `root`'s profile directories, else the built-in copy.
+    pub fn find(root: &Path, name: &str) -> Result<Profile, ProfileError> {
+        for dir in SEARCH_DIRS {
+            let d = root.join(dir).join(name);
+            if d.join("profile.yaml").is_file() {
+                return Profile::load_dir(&d);
+            }
+        }
+        if name == "legacy-2015" {
+            return Profile::builtin();
+        }
+        Err(ProfileError::NotFound {
+            name: name.to_string(),
+            searched: SEARCH_DIRS
+                .iter()
+                .map(|d| format!("/{d}"))
+                .collect::<Vec<_>>()
+                .join(" and "),
+        })
+    }
+
+    pub fn builtin() -> Result<Profile, ProfileError> {
+        let get = |p: &str| {
+            BUILTIN_LEGACY_2015
+                .iter()
+                .find(|(n, _)| *n == p)
+                .map(|(_, s)| s.to_string())
+        };
+        Profile::from_parts("built-in legacy-2015", &get("profile.yaml").unwrap(), |t| {
+            get(&format!("templates/{t}"))
+        })
+    }
+
+    /// Loads a profile directory: `profile.yaml` and the templates it names.
+    pub fn load_dir(dir: &Path) -> Result<Profile, ProfileError> {
+        let origin = dir.display().to_string();
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).map_err(|source| ProfileError::Read {
+                origin: origin.clone(),
+                path: p,
+                source,
+            })
+        };
+        let manifest = read(dir.join("profile.yaml"))?;
+        Profile::from_parts(&origin, &manifest, |t| {
+            std::fs::read_to_string(dir.join("templates").join(t)).ok()
+        })
+    }
+
+    fn from_parts(
+        origin: &str,
+        manifest: &str,
+        mut template: impl FnMut(&str) -> Option<String>,
+    ) -> Result<Profile, ProfileError> {
+        let bad = |message: String| ProfileError::Manifest {
+            origin: origin.to_string(),
+            message,
+        };
+        let m: Manifest = serde_norway::from_str(manifest).map_err(|e| bad(e.to_string()))?;
+        let mut roles = BTreeMap::new();
+        for (r, units) in m.roles {
+            let role = Role::parse(&r)
+                .ok_or_else(|| bad(format!("roles: unknown role `{r}` (master or minion)")))?;
+            for u in units.run.iter().chain(&units.halt) {
+                if !valid_unit_name(u) {
+                    return Err(bad(format!("roles.{r}: `{u}` is not a unit name")));
+                }
+            }
+            roles.insert(role, units);
+        }
+        let mut templates = BTreeMap::new();
+        for f in &m.files {
+            if !valid_abs_path(&f.path) {
+                return Err(bad(format!(
+                    "files: `{}` is not an absolute, normalized path",
+                    f.path
+                )));
+            }
+            parse_mode(&f.mode).ok_or_else(|| {
+                bad(format!(
+                    "files: {}: mode `{}` is not an octal mode like \"0644\"",
+                    f.path, f.mode
+                ))
+            })?;
+            for r in &f.roles {
+                Role::parse(r)
+                    .ok_or_else(|| bad(format!("files: {}: unknown role `{r}`", f.path)))?;
+            }
+            if f.template.contains('/') || f.template.starts_with('.') {
+                return Err(bad(format!(
+                    "files: {}: template `{}` must be a file name in templates/",
+                    f.path, f.template
+                )));
+            }
+            let src = template(&f.template).ok_or_else(|| {
+                bad(format!(
+                    "files: {}: template `templates/{}` is missing",
+                    f.path, f.template
+                ))
+            })?;
+            templates.insert(f.template.clone(), src);
+        }
+        for fix in &m.unit_fixes {
+            if !valid_unit_name(&fix.unit) || fix.replace.is_empty() {
+                return Err(bad(format!(
+                    "unit_fixes: `{}` needs a unit name and at least one replacement",
+                    fix.unit
+                )));
+            }
+            if fix.replace.iter().any(|r| r.from.is_empty()) {
+                return Err(bad(format!(
+                    "unit_fixes: {}: an empty `from` would match everywhere",
+                    fix.unit
+                )));
+            }
+        }
+        for (unit, files) in &m.inputs {
+            if !valid_unit_name(unit) {
+                return Err(bad(format!("inputs: `{unit}` is not a unit name")));
+            }
+            for f in files {
+                if !valid_abs_path(f) {
+                    return Err(bad(format!(
+                        "inputs: {unit}: `{f}` is not an absolute path"
+                    )));
+                }
+            }
+        }
+        Ok(Profile {
+            name: m.name,
+            description: m.description,
+            origin: origin.to_string(),
+            files: m.files,
+            unit_fixes: m.unit_fixes,
+            roles,
+            inputs: m.inputs,
+            templates,
+        })
+    }
+
+    /// The files a role gets.
+    pub fn files_for(&self, role: Role) -> impl Iterator<Item = &FileSpec> {
+        self.files
+            .iter()
+            .filter(move |f| f.roles.iter().any(|r| r == role.as_str()))
+    }
+
+    pub fn units_for(&self, role: Role) -> RoleUnits {
+        self.roles.get(&role).cloned().unwrap_or_default()
+    }
+}
+
+pub fn parse_mode(s: &str) -> Option<u32> {
+    let m = u32::from_str_radix(s, 8).ok()?;
+    (s.len() >= 3 && s.len() <= 4 && m <= 0o7777).then_some(m)
+}
+
+pub fn valid_unit_name(s: &str) -> bool {
+    let Some((stem, kind)) = s.rsplit_once('.') else {
+        return false;
+    };
+    !stem.is_empty()
+        && s.len() <= 255
+        && matches!(
+            kind,
+            "service" | "socket" | "target" | "timer" | "path" | "mount"
+        )
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@._-:".contains(&b))
+}
+
+fn valid_abs_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() > 1
+        && !p.ends_with('/')
+        && p.split('/')
+            .skip(1)
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+        && !p.contains('\0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profile_loads() {
+        let p = Profile::builtin().unwrap();
+        assert_eq!(p.name, "legacy-2015");
+        assert_eq!(p.files_for(Role::Master).count(), 4);
+        assert_eq!(p.files_for(Role::Minion).count(), 3);
+        assert_eq!(
+            p.units_for(Role::Master).halt,
+            ["kube-proxy.service", "kubelet.service", "docker.service"]
+        );
+    }
+
+    #[test]
+    fn profile_dir_matches_builtin() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/profiles/legacy-2015");
+        let p = Profile::load_dir(&dir).unwrap();
+        let b = Profile::builtin().unwrap();
+        assert_eq!(p.templates, b.templates);
+        assert_eq!(p.files, b.files);
+    }
+
+    #[test]
+    fn bad_manifests_are_refused() {
+        let ok_template = |_: &str| Some(String::new());
+        for (manifest, expect) in [
+            ("name: x\nroles: {captain: {}}\n", "unknown role `captain`"),
+            (
+                "name: x\nroles: {}\nfiles: [{path: ../etc/x, template: t, roles: [master]}]\n",
+                "not an absolute",
+            ),
+            (
+                "name: x\nroles: {}\nfiles: [{path: /etc/x, template: t, roles: [master], mode: \"999\"}]\n",
+                "octal mode",
+            ),
+            ("name: x\nroles: {master: {run: [\"a b\"]}}\n", "not a unit name"),
+            ("name: x\nroles: {}\nbogus: 1\n", "unknown field `bogus`"),
+        ] {
+            let e = Profile::from_parts("test", manifest, ok_template).unwrap_err();
+            assert!(e.to_string().contains(expect), "{e}");
+        }
+        let e = Profile::from_parts(
+            "test",
+            "name: x\nroles: {}\nfiles: [{path: /etc/x, template: t, roles: [master]}]\n",
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("templates/t` is missing"), "{e}");
+    }
+}

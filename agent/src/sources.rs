@@ -1,0 +1,168 @@
+//! The remote edge: what IMDS and EC2 say about this instance and its peers.
+//!
+//! Thin on purpose: it fetches, and the pure modules (config, discovery) judge what came back.
+
+use std::collections::BTreeMap;
+
+use berth_ec2::{
+    Credentials, Ec2Client, Ec2Error, Filter, Identity, ImdsClient, ImdsError, Instance,
+    RetryPolicy,
+};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Imds(#[from] ImdsError),
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error(
+        "the instance has no IAM role in IMDS (meta-data/iam/security-credentials/ is empty); \
+         attach an instance profile allowing ec2:DescribeInstances{0}"
+    )]
+    NoRole(&'static str),
+}
+
+/// Where the tags came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TagSource {
+    /// IMDS `meta-data/tags/instance/` (instance metadata tags enabled).
+    Imds,
+    /// EC2 DescribeTags, because IMDS tags are off.
+    DescribeTags,
+}
+
+/// What this instance learns about itself at the start of a run.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub identity: Identity,
+    pub tags: BTreeMap<String, String>,
+    pub tag_source: TagSource,
+    pub user_data: Option<Vec<u8>>,
+}
+
+/// The two remote clients of one agent, kept across the reconcile loop so that the IMDS token
+/// and the role credentials are cached and refreshed rather than fetched each time.
+pub struct Remote {
+    pub imds: ImdsClient,
+    ec2_endpoint: Option<Url>,
+    ec2: Option<Ec2Client>,
+}
+
+impl Remote {
+    pub fn new(imds_endpoints: Vec<Url>, ec2_endpoint: Option<Url>) -> Remote {
+        let endpoints = if imds_endpoints.is_empty() {
+            ImdsClient::default_endpoints()
+        } else {
+            imds_endpoints
+        };
+        Remote {
+            imds: ImdsClient::new(endpoints, RetryPolicy::imds_boot()),
+            ec2_endpoint,
+            ec2: None,
+        }
+    }
+
+    fn ec2(&mut self, region: &str) -> &Ec2Client {
+        if self.ec2.as_ref().map(|c| c.region()) != Some(region) {
+            let endpoint = self
+                .ec2_endpoint
+                .clone()
+                .unwrap_or_else(|| Ec2Client::default_endpoint(region));
+            self.ec2 = Some(Ec2Client::new(
+                endpoint,
+                region.to_string(),
+                RetryPolicy::ec2_discovery(),
+            ));
+        }
+        self.ec2.as_ref().expect("set above")
+    }
+
+    /// Requests sent to EC2 so far, retries included.
+    pub fn ec2_requests(&self) -> u64 {
+        self.ec2.as_ref().map_or(0, Ec2Client::requests_sent)
+    }
+
+    async fn credentials(&self, why: &'static str) -> Result<Credentials, SourceError> {
+        self.imds
+            .credentials()
+            .await?
+            .ok_or(SourceError::NoRole(why))
+    }
+
+    /// Identity, tags and user-data.
+    pub async fn sources(&mut self) -> Result<Sources, SourceError> {
+        let identity = self.imds.identity().await?;
+        let user_data = self.imds.user_data().await?;
+        let (tags, tag_source) = match self.imds.tags().await? {
+            Some(tags) => (tags, TagSource::Imds),
+            None => {
+                let filters = [Filter::new("resource-id", [identity.instance_id.clone()])];
+                let described = self
+                    .with_credentials(
+                        &identity.region,
+                        " and ec2:DescribeTags (IMDS tags are off)",
+                        async |ec2: &Ec2Client, creds: Credentials| {
+                            ec2.describe_tags(&creds, &filters).await
+                        },
+                    )
+                    .await?;
+                let tags = described
+                    .into_iter()
+                    .filter(|t| t.resource_id == identity.instance_id)
+                    .map(|t| (t.key, t.value))
+                    .collect();
+                (tags, TagSource::DescribeTags)
+            }
+        };
+        Ok(Sources {
+            identity,
+            tags,
+            tag_source,
+            user_data,
+        })
+    }
+
+    /// DescribeInstances with `filters`, every page; also the number of pages it took.
+    pub async fn describe_instances(
+        &mut self,
+        region: &str,
+        filters: &[Filter],
+    ) -> Result<(Vec<Instance>, u32), SourceError> {
+        let paged = self
+            .with_credentials(region, "", async |ec2: &Ec2Client, creds: Credentials| {
+                ec2.describe_instances_pages(&creds, filters).await
+            })
+            .await?;
+        Ok((paged.items, paged.pages))
+    }
+
+    /// Runs an EC2 call with the role's credentials; when EC2 says they expired (IMDS rotates
+    /// them, and a clock step can outdate a cached set), fetches fresh ones and tries once more.
+    async fn with_credentials<T, F>(
+        &mut self,
+        region: &str,
+        why: &'static str,
+        call: F,
+    ) -> Result<T, SourceError>
+    where
+        F: AsyncFn(&Ec2Client, Credentials) -> Result<T, Ec2Error>,
+    {
+        let creds = self.credentials(why).await?;
+        self.ec2(region);
+        let ec2 = self.ec2.as_ref().expect("created above");
+        match call(ec2, creds).await {
+            Err(e) if e.is_expired_credentials() => {
+                log::warn!("EC2 says the role credentials expired; fetching fresh ones from IMDS");
+                let creds = self
+                    .imds
+                    .refresh_credentials()
+                    .await?
+                    .ok_or(SourceError::NoRole(why))?;
+                Ok(call(ec2, creds).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Per-instance state: `/var/lib/berth/<instance-id>/state.json`.
+//!
+//! Keyed by instance-id, so that a disk baked into an AMI or cloned into another instance never
+//! looks "already done" to the new instance: a new id starts from an empty state and does its
+//! first boot (upgrade included). `/var/lib/berth/current` names the instance that wrote last, for
+//! `berth-agent status`, which must work without IMDS.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::apply::{host_path, write_atomic, FileError};
+use crate::config::Role;
+use crate::discovery::Membership;
+use crate::host::record::Recorded;
+use crate::plan::Plan;
+
+pub const STATE_DIR: &str = "/var/lib/berth";
+const FORMAT: u32 = 1;
+
+/// Where the node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing done yet for this instance.
+    #[default]
+    New,
+    /// rpm-ostree staged a deployment and a reboot was requested; the next boot continues.
+    UpgradeRequested,
+    /// The OS upgrade failed and the configuration says to block.
+    UpgradeFailed,
+    /// The cluster is not ready (no master, several masters): nothing rendered.
+    Waiting,
+    /// Files written, unit actions in progress (a crash here is finished by the next run).
+    Applying,
+    Converged,
+    /// The last run failed; `last_error` says why.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpgradeRecord {
+    /// The boot in which the upgrade ran: a reboot into the staged deployment changes it.
+    pub boot_id: String,
+    /// staged, no-upgrade, failed, skipped (user-data `upgrade: false`), recorded (no host actions).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub at: u64,
+    /// Whether the reboot into the staged deployment was asked for (at most once per instance).
+    #[serde(default)]
+    pub reboot_requested: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    pub format: u32,
+    pub instance_id: String,
+    pub phase: Phase,
+    pub role: Option<Role>,
+    pub node: Option<String>,
+    pub cluster: Option<String>,
+    pub upgrade: Option<UpgradeRecord>,
+    /// Restarts decided on and not yet done; survives a crash so the next run finishes them.
+    pub pending_restarts: BTreeSet<String>,
+    pub last_plan: Option<Plan>,
+    pub membership: Option<Membership>,
+    pub condition: Option<String>,
+    pub last_error: Option<String>,
+    /// With `--no-host-actions`: what the last run would have asked of systemd and rpm-ostree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recorded_actions: Vec<Recorded>,
+    pub runs: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not a berth state file ({message}); move it aside and run again to start \
+         this instance's first boot over"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error("instance id {0:?} is not a valid EC2 instance id")]
+    BadInstanceId(String),
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn dir_for(root: &Path, instance_id: &str) -> Result<PathBuf, StateError> {
+    let ok = instance_id.len() <= 32
+        && instance_id
+            .strip_prefix("i-")
+            .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(StateError::BadInstanceId(instance_id.to_string()));
+    }
+    Ok(host_path(root, STATE_DIR).join(instance_id))
+}
+
+impl State {
+    /// This instance's state, or a new one when the instance has none (first boot).
+    pub fn load(root: &Path, instance_id: &str) -> Result<State, StateError> {
+        let path = dir_for(root, instance_id)?.join("state.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let s: State = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                if s.instance_id != instance_id {
+                    return Err(StateError::Corrupt {
+                        path,
+                        message: format!("it belongs to {}", s.instance_id),
+                    });
+                }
+                Ok(s)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State {
+                format: FORMAT,
+                instance_id: instance_id.to_string(),
+                ..State::default()
+            }),
+            Err(source) => Err(StateError::Read { path, source }),
+        }
+    }
+
+    /// The state of the instance that last ran on this disk, for `status`.
+    pub fn load_current(root: &Path) -> Result<Option<State>, StateError> {
+        let pointer = host_path(root, STATE_DIR).join("current");
+        let id = match std::fs::read_to_string(&pointer) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: pointer,
+                    source,
+                })
+            }
+        };
+        State::load(root, &id).map(Some)
+    }
+
+    /// Saves atomically and points `current` at this instance.
+    pub fn save(&mut self, root: &Path) -> Result<(), StateError> {
+        self.format = FORMAT;
+        self.updated_at = now_secs();
+        let dir = dir_for(root, &self.instance_id)?;
+        let json = serde_json::to_vec_pretty(self).expect("state serializes");
+        write_atomic(&dir.join("state.json"), &json, 0o644)?;
+        let pointer = host_path(root, STATE_DIR).join("current");
+        write_atomic(
+            &pointer,
+            format!("{}\n", self.instance_id).as_bytes(),
+            0o644,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_per_instance() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = State::load(d.path(), "i-0abc").unwrap();
+        assert_eq!(s.phase, Phase::New);
+        s.phase = Phase::Converged;
+        s.pending_restarts.insert("etcd.service".into());
+        s.save(d.path()).unwrap();
+        let back = State::load(d.path(), "i-0abc").unwrap();
+        assert_eq!(back, s);
+        assert_eq!(State::load_current(d.path()).unwrap().unwrap(), s);
+        // A clone of this disk in another instance starts over.
+        assert_eq!(State::load(d.path(), "i-0def").unwrap().phase, Phase::New);
+    }
+
+    #[test]
+    fn hostile_instance_id_never_becomes_a_path() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in ["../../etc", "i-", "i-xyz", "i-0a/../../x"] {
+            assert!(matches!(
+                State::load(d.path(), bad),
+                Err(StateError::BadInstanceId(_))
+            ));
+        }
+    }
+}

@@ -455,7 +455,7 @@ impl ImdsClient {
         let endpoint = self.current.load(Ordering::Acquire);
         let token = self.token(endpoint, attempt.timeout).await?;
         let left = attempt.timeout.saturating_sub(started.elapsed());
-        let url = self.url(endpoint, path);
+        let url = self.url(endpoint, &format!("latest/{path}"));
         let mut response = self
             .send(
                 endpoint,

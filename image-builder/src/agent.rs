@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn version_output_is_parsed_strictly() {
-        assert_eq!(parse_version_output("berth-agent 0.1.0\n").as_deref(), Some("0.1.0"));
+        assert_eq!(
+            parse_version_output("berth-agent 0.1.0\n").as_deref(),
+            Some("0.1.0")
+        );
         assert_eq!(parse_version_output("true (GNU coreutils) 9.1"), None);
         assert_eq!(parse_version_output("berth-agent 0.1.0 extra"), None);
         assert_eq!(parse_version_output("berth-agent 0.1;rm"), None);

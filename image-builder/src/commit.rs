@@ -43,7 +43,9 @@ const NOT_INHERITED: &[&str] = &[
 pub enum CommitError {
     #[error("repo {path}: cannot open it as an OSTree repository: {source}")]
     OpenRepo { path: PathBuf, source: glib::Error },
-    #[error("base {base}: no such ref or commit in {repo}; list them with `ostree refs --repo={repo}`")]
+    #[error(
+        "base {base}: no such ref or commit in {repo}; list them with `ostree refs --repo={repo}`"
+    )]
     BaseMissing { base: String, repo: PathBuf },
     #[error("base {base}: {source}")]
     BaseRead { base: String, source: glib::Error },
@@ -55,10 +57,16 @@ pub enum CommitError {
     BadRef { name: String, source: glib::Error },
     #[error("{path}: the base has {prefix} as a file or symlink, so {path} cannot be written without following it; choose a path under a real directory")]
     UnderBaseFile { path: String, prefix: String },
-    #[error("{path}: the base has a directory there; berth will not replace a directory with a file")]
+    #[error(
+        "{path}: the base has a directory there; berth will not replace a directory with a file"
+    )]
     ReplacesBaseDir { path: String },
     #[error("gpg: cannot sign commit {checksum} with key {key}: {source}")]
-    Sign { checksum: String, key: String, source: glib::Error },
+    Sign {
+        checksum: String,
+        key: String,
+        source: glib::Error,
+    },
     #[error("SOURCE_DATE_EPOCH={value}: not a number of seconds since 1970")]
     SourceDateEpoch { value: String },
     #[error("writing the commit into {repo}: {source}")]
@@ -107,46 +115,70 @@ pub fn source_date_epoch(value: Option<&str>) -> Result<Option<u64>, CommitError
 pub fn open_repo(path: &Path) -> Result<Repo, CommitError> {
     let repo = Repo::new_for_path(path);
     repo.open(gio::Cancellable::NONE)
-        .map_err(|source| CommitError::OpenRepo { path: path.to_owned(), source })?;
+        .map_err(|source| CommitError::OpenRepo {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(repo)
 }
 
 /// Resolves a ref or checksum; `Ok(None)` when it does not exist.
 pub fn resolve(repo: &Repo, rev: &str) -> Result<Option<String>, glib::Error> {
     if ostree::validate_checksum_string(rev).is_ok() {
-        return Ok(repo.load_variant_if_exists(ObjectType::Commit, rev)?.map(|_| rev.to_owned()));
+        return Ok(repo
+            .load_variant_if_exists(ObjectType::Commit, rev)?
+            .map(|_| rev.to_owned()));
     }
     Ok(repo.resolve_rev(rev, true)?.map(|s| s.to_string()))
 }
 
 pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, CommitError> {
     let repo = open_repo(&req.repo)?;
-    ostree::validate_rev(&req.new_ref)
-        .map_err(|source| CommitError::BadRef { name: req.new_ref.clone(), source })?;
-    let base_err = |source| CommitError::BaseRead { base: req.base.clone(), source };
+    ostree::validate_rev(&req.new_ref).map_err(|source| CommitError::BadRef {
+        name: req.new_ref.clone(),
+        source,
+    })?;
+    let base_err = |source| CommitError::BaseRead {
+        base: req.base.clone(),
+        source,
+    };
     let base = resolve(&repo, &req.base)
         .map_err(base_err)?
-        .ok_or_else(|| CommitError::BaseMissing { base: req.base.clone(), repo: req.repo.clone() })?;
+        .ok_or_else(|| CommitError::BaseMissing {
+            base: req.base.clone(),
+            repo: req.repo.clone(),
+        })?;
     let (_, state) = repo.load_commit(&base).map_err(base_err)?;
     if state.contains(ostree::RepoCommitState::PARTIAL) {
-        return Err(CommitError::BasePartial { base: req.base.clone() });
+        return Err(CommitError::BasePartial {
+            base: req.base.clone(),
+        });
     }
     let info = tree::read_commit(&repo, &base).map_err(base_err)?;
 
     // Validate against the base tree before writing anything.
     if tree::lookup(&repo, &info.root, STATE_DIR).map_err(base_err)? != Entry::Missing {
-        return Err(CommitError::BaseHasState { base: req.base.clone(), path: STATE_DIR.into() });
+        return Err(CommitError::BaseHasState {
+            base: req.base.clone(),
+            path: STATE_DIR.into(),
+        });
     }
     for (path, node) in layer.overlay.iter() {
         match tree::lookup(&repo, &info.root, path).map_err(base_err)? {
             Entry::UnderFile { prefix } => {
-                return Err(CommitError::UnderBaseFile { path: path.into(), prefix })
+                return Err(CommitError::UnderBaseFile {
+                    path: path.into(),
+                    prefix,
+                })
             }
             Entry::Dir(_) if *node != Node::Dir => {
                 return Err(CommitError::ReplacesBaseDir { path: path.into() })
             }
             Entry::File(_) if *node == Node::Dir => {
-                return Err(CommitError::UnderBaseFile { path: path.into(), prefix: path.into() })
+                return Err(CommitError::UnderBaseFile {
+                    path: path.into(),
+                    prefix: path.into(),
+                })
             }
             _ => {}
         }
@@ -160,18 +192,30 @@ pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, Commi
         &base[..12.min(base.len())]
     );
 
-    let write_err = |source| CommitError::Write { repo: req.repo.clone(), source };
-    repo.prepare_transaction(gio::Cancellable::NONE).map_err(write_err)?;
+    let write_err = |source| CommitError::Write {
+        repo: req.repo.clone(),
+        source,
+    };
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .map_err(write_err)?;
     let result = write_in_transaction(&repo, req, layer, &base, &subject, &metadata, time);
     match result {
         Ok(checksum) => {
             repo.transaction_set_ref(None, &req.new_ref, Some(&checksum));
-            repo.commit_transaction(gio::Cancellable::NONE).map_err(write_err)?;
-            Ok(CommitOutcome { checksum, base_checksum: base, entries: layer.overlay.len() })
+            repo.commit_transaction(gio::Cancellable::NONE)
+                .map_err(write_err)?;
+            Ok(CommitOutcome {
+                checksum,
+                base_checksum: base,
+                entries: layer.overlay.len(),
+            })
         }
         Err(e) => {
             if let Err(abort) = repo.abort_transaction(gio::Cancellable::NONE) {
-                log::error!("aborting the transaction in {}: {abort}", req.repo.display());
+                log::error!(
+                    "aborting the transaction in {}: {abort}",
+                    req.repo.display()
+                );
             }
             Err(e)
         }
@@ -187,35 +231,52 @@ fn write_in_transaction(
     metadata: &Variant,
     time: u64,
 ) -> Result<String, CommitError> {
-    let write_err = |source| CommitError::Write { repo: req.repo.clone(), source };
+    let write_err = |source| CommitError::Write {
+        repo: req.repo.clone(),
+        source,
+    };
     let labeler = Labeler::from_base(repo, base);
     let mtree = MutableTree::from_commit(repo, base).map_err(write_err)?;
     let mut dirmeta_cache = std::collections::HashMap::new();
 
     for (path, node) in layer.overlay.iter() {
         let comps = components(path);
-        let (leaf, parents) = comps.split_last().expect("overlay paths are never the root");
+        let (leaf, parents) = comps
+            .split_last()
+            .expect("overlay paths are never the root");
         let mut dir = mtree.clone();
         let mut sofar = String::new();
         for name in parents {
             sofar.push('/');
             sofar.push_str(name);
-            dir = ensure_dir(repo, &dir, name, &sofar, &labeler, &mut dirmeta_cache).map_err(write_err)?;
+            dir = ensure_dir(repo, &dir, name, &sofar, &labeler, &mut dirmeta_cache)
+                .map_err(write_err)?;
         }
         match node {
             Node::Dir => {
-                ensure_dir(repo, &dir, leaf, path, &labeler, &mut dirmeta_cache).map_err(write_err)?;
+                ensure_dir(repo, &dir, leaf, path, &labeler, &mut dirmeta_cache)
+                    .map_err(write_err)?;
             }
             Node::File { data, mode } => {
                 let full = libc::S_IFREG | mode;
                 let xattrs = labeler.xattrs(path, full).map_err(write_err)?;
                 let csum = repo
-                    .write_regfile_inline(None, 0, 0, full, xattrs.as_ref(), data, gio::Cancellable::NONE)
+                    .write_regfile_inline(
+                        None,
+                        0,
+                        0,
+                        full,
+                        xattrs.as_ref(),
+                        data,
+                        gio::Cancellable::NONE,
+                    )
                     .map_err(write_err)?;
                 dir.replace_file(leaf, &csum).map_err(write_err)?;
             }
             Node::Symlink { target } => {
-                let xattrs = labeler.xattrs(path, libc::S_IFLNK | 0o777).map_err(write_err)?;
+                let xattrs = labeler
+                    .xattrs(path, libc::S_IFLNK | 0o777)
+                    .map_err(write_err)?;
                 let csum = repo
                     .write_symlink(None, 0, 0, xattrs.as_ref(), target, gio::Cancellable::NONE)
                     .map_err(write_err)?;
@@ -224,17 +285,41 @@ fn write_in_transaction(
         }
     }
 
-    let root = repo.write_mtree(&mtree, gio::Cancellable::NONE).map_err(write_err)?;
-    let root = root.downcast::<ostree::RepoFile>().expect("write_mtree returns a RepoFile");
+    let root = repo
+        .write_mtree(&mtree, gio::Cancellable::NONE)
+        .map_err(write_err)?;
+    let root = root
+        .downcast::<ostree::RepoFile>()
+        .expect("write_mtree returns a RepoFile");
     let body = body_text(layer);
     let checksum = repo
-        .write_commit_with_time(Some(base), Some(subject), Some(&body), Some(metadata), &root, time, gio::Cancellable::NONE)
+        .write_commit_with_time(
+            Some(base),
+            Some(subject),
+            Some(&body),
+            Some(metadata),
+            &root,
+            time,
+            gio::Cancellable::NONE,
+        )
         .map_err(write_err)?
         .to_string();
     if let Some(gpg) = &req.gpg {
-        let homedir = gpg.homedir.as_ref().map(|p| p.to_string_lossy().into_owned());
-        repo.sign_commit(&checksum, &gpg.key_id, homedir.as_deref(), gio::Cancellable::NONE)
-            .map_err(|source| CommitError::Sign { checksum: checksum.clone(), key: gpg.key_id.clone(), source })?;
+        let homedir = gpg
+            .homedir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        repo.sign_commit(
+            &checksum,
+            &gpg.key_id,
+            homedir.as_deref(),
+            gio::Cancellable::NONE,
+        )
+        .map_err(|source| CommitError::Sign {
+            checksum: checksum.clone(),
+            key: gpg.key_id.clone(),
+            source,
+        })?;
     }
     Ok(checksum)
 }
@@ -253,7 +338,10 @@ fn ensure_dir(
         Ok((_, Some(sub))) => return Ok(sub),
         Ok((Some(_), None)) => {
             // Validation refuses this before the transaction.
-            return Err(glib::Error::new(gio::IOErrorEnum::NotDirectory, &format!("{path} is a file in the base")));
+            return Err(glib::Error::new(
+                gio::IOErrorEnum::NotDirectory,
+                &format!("{path} is a file in the base"),
+            ));
         }
         _ => {}
     }
@@ -290,7 +378,10 @@ impl Labeler {
     fn from_base(repo: &Repo, base: &str) -> Self {
         let policy = match ostree::SePolicy::from_commit(repo, base, gio::Cancellable::NONE) {
             Ok(p) if p.name().is_some_and(|n| !n.is_empty()) => {
-                log::info!("labelling new files with the base's SELinux policy {}", p.name().unwrap_or_default());
+                log::info!(
+                    "labelling new files with the base's SELinux policy {}",
+                    p.name().unwrap_or_default()
+                );
                 Some(p)
             }
             Ok(_) => None,
@@ -303,8 +394,12 @@ impl Labeler {
     }
 
     fn xattrs(&self, path: &str, mode: u32) -> Result<Option<Variant>, glib::Error> {
-        let Some(policy) = &self.policy else { return Ok(None) };
-        let Some(label) = policy.label(path, mode, gio::Cancellable::NONE)? else { return Ok(None) };
+        let Some(policy) = &self.policy else {
+            return Ok(None);
+        };
+        let Some(label) = policy.label(path, mode, gio::Cancellable::NONE)? else {
+            return Ok(None);
+        };
         let mut value = label.as_bytes().to_vec();
         value.push(0);
         let name = b"security.selinux\0".to_vec();
@@ -313,9 +408,16 @@ impl Labeler {
 }
 
 fn body_text(layer: &Layer) -> String {
-    let mut body = format!("berth-agent {} (sha256 {})\n", layer.agent_version, layer.agent_sha256);
+    let mut body = format!(
+        "berth-agent {} (sha256 {})\n",
+        layer.agent_version, layer.agent_sha256
+    );
     for u in &layer.units {
-        body.push_str(&format!("unit {}{}\n", u.name, if u.enabled { " (enabled)" } else { "" }));
+        body.push_str(&format!(
+            "unit {}{}\n",
+            u.name,
+            if u.enabled { " (enabled)" } else { "" }
+        ));
     }
     for p in &layer.profiles {
         body.push_str(&format!("profile {p}\n"));
@@ -326,13 +428,17 @@ fn body_text(layer: &Layer) -> String {
 /// The new commit's `a{sv}`: the base's tree-describing keys plus berth's,
 /// sorted by key so the same inputs give the same bytes.
 fn build_metadata(req: &CommitRequest, layer: &Layer, base: &str, base_meta: &Variant) -> Variant {
-    let mut entries: std::collections::BTreeMap<String, Variant> = std::collections::BTreeMap::new();
+    let mut entries: std::collections::BTreeMap<String, Variant> =
+        std::collections::BTreeMap::new();
     for item in base_meta.iter() {
         let key = item.child_value(0).str().unwrap_or_default().to_owned();
         if NOT_INHERITED.contains(&key.as_str()) || key.starts_with("berth.") {
             continue;
         }
-        let value = item.child_value(1).as_variant().unwrap_or_else(|| item.child_value(1));
+        let value = item
+            .child_value(1)
+            .as_variant()
+            .unwrap_or_else(|| item.child_value(1));
         entries.insert(key, value);
     }
     if let Some(v) = &req.version {
@@ -350,7 +456,10 @@ fn build_metadata(req: &CommitRequest, layer: &Layer, base: &str, base_meta: &Va
     entries.insert(keys::PROFILES.into(), layer.profiles.to_variant());
     let units: Vec<String> = layer.units.iter().map(|u| u.name.clone()).collect();
     entries.insert(keys::UNITS.into(), units.to_variant());
-    entries.insert(keys::REF_BINDING.into(), vec![req.new_ref.clone()].to_variant());
+    entries.insert(
+        keys::REF_BINDING.into(),
+        vec![req.new_ref.clone()].to_variant(),
+    );
     Variant::array_from_iter_with_type(
         VariantTy::new("{sv}").expect("valid type"),
         entries

@@ -75,7 +75,11 @@ pub fn parse_add_file(arg: &str) -> Result<(PathBuf, String), InputError> {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InputError + 'a {
-    move |source| InputError::Io { what, path: path.to_owned(), source }
+    move |source| InputError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 pub fn load(req: &LayerRequest) -> Result<Layer, InputError> {
@@ -97,7 +101,14 @@ pub fn load(req: &LayerRequest) -> Result<Layer, InputError> {
             "unknown".to_owned()
         }),
     };
-    overlay.insert(AGENT_PATH, Node::File { data: agent.bytes, mode: 0o755 }, "--agent")?;
+    overlay.insert(
+        AGENT_PATH,
+        Node::File {
+            data: agent.bytes,
+            mode: 0o755,
+        },
+        "--agent",
+    )?;
 
     let unit_files = match &req.units {
         None => units::EMBEDDED
@@ -126,18 +137,37 @@ pub fn load(req: &LayerRequest) -> Result<Layer, InputError> {
         }
         let data = std::fs::read(src).map_err(io("--add-file", src))?;
         // Only the exec bit carries over: the builder's umask and owner never do.
-        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-        overlay.insert(dest, Node::File { data, mode }, &format!("--add-file {}", src.display()))?;
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        overlay.insert(
+            dest,
+            Node::File { data, mode },
+            &format!("--add-file {}", src.display()),
+        )?;
     }
 
-    Ok(Layer { overlay, agent_version, agent_sha256: agent.sha256, units, profiles })
+    Ok(Layer {
+        overlay,
+        agent_version,
+        agent_sha256: agent.sha256,
+        units,
+        profiles,
+    })
 }
 
 fn check_config(path: &Path, data: &[u8]) -> Result<(), InputError> {
-    let value: serde_norway::Value = serde_norway::from_slice(data)
-        .map_err(|e| InputError::ConfigYaml { path: path.to_owned(), detail: e.to_string() })?;
+    let value: serde_norway::Value =
+        serde_norway::from_slice(data).map_err(|e| InputError::ConfigYaml {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
     if !value.is_mapping() {
-        return Err(InputError::ConfigNotMapping { path: path.to_owned() });
+        return Err(InputError::ConfigNotMapping {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
@@ -160,9 +190,13 @@ fn read_flat_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, InputError> {
 
 /// Copies every profile under `dir` to `/usr/share/berth/profiles/<name>/`.
 fn load_profiles(dir: &Path, overlay: &mut Overlay) -> Result<Vec<String>, InputError> {
-    let meta = std::fs::metadata(dir).map_err(|_| InputError::ProfilesMissing { path: dir.to_owned() })?;
+    let meta = std::fs::metadata(dir).map_err(|_| InputError::ProfilesMissing {
+        path: dir.to_owned(),
+    })?;
     if !meta.is_dir() {
-        return Err(InputError::ProfilesMissing { path: dir.to_owned() });
+        return Err(InputError::ProfilesMissing {
+            path: dir.to_owned(),
+        });
     }
     let mut names = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -181,7 +215,12 @@ fn load_profiles(dir: &Path, overlay: &mut Overlay) -> Result<Vec<String>, Input
         let name = entry.file_name().to_string_lossy().into_owned();
         let mut files = 0usize;
         let mut one = Overlay::new();
-        copy_tree(&path, &format!("{PROFILE_DIR}/{name}"), &mut one, &mut files)?;
+        copy_tree(
+            &path,
+            &format!("{PROFILE_DIR}/{name}"),
+            &mut one,
+            &mut files,
+        )?;
         if files == 0 {
             log::warn!("profiles: skipping {}: it holds no file", path.display());
             continue;
@@ -192,12 +231,19 @@ fn load_profiles(dir: &Path, overlay: &mut Overlay) -> Result<Vec<String>, Input
         names.push(name);
     }
     if names.is_empty() {
-        return Err(InputError::NoProfiles { path: dir.to_owned() });
+        return Err(InputError::NoProfiles {
+            path: dir.to_owned(),
+        });
     }
     Ok(names)
 }
 
-fn copy_tree(src: &Path, dest: &str, overlay: &mut Overlay, files: &mut usize) -> Result<(), InputError> {
+fn copy_tree(
+    src: &Path,
+    dest: &str,
+    overlay: &mut Overlay,
+    files: &mut usize,
+) -> Result<(), InputError> {
     let mut entries: Vec<_> = std::fs::read_dir(src)
         .map_err(io("profiles", src))?
         .collect::<Result<_, _>>()
@@ -216,7 +262,11 @@ fn copy_tree(src: &Path, dest: &str, overlay: &mut Overlay, files: &mut usize) -
             overlay.insert(&target, Node::File { data, mode: 0o644 }, "profiles")?;
             *files += 1;
         } else {
-            let what = if ft.is_symlink() { "is a symlink" } else { "is a special file" };
+            let what = if ft.is_symlink() {
+                "is a symlink"
+            } else {
+                "is a special file"
+            };
             return Err(InputError::ProfileEntry { path, what });
         }
     }

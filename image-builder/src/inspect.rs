@@ -18,7 +18,11 @@ pub enum InspectError {
     #[error("{rev}: no such ref or commit in {repo}")]
     Missing { rev: String, repo: PathBuf },
     #[error("{rev} ({checksum}): not a berth commit (no {key} in its metadata); was it built by `berth-image commit`?")]
-    NotBerth { rev: String, checksum: String, key: &'static str },
+    NotBerth {
+        rev: String,
+        checksum: String,
+        key: &'static str,
+    },
     #[error("{rev}: reading the repository: {source}")]
     Read { rev: String, source: glib::Error },
 }
@@ -60,15 +64,23 @@ pub struct Report {
 
 pub fn inspect(repo_path: &Path, rev: &str) -> Result<Report, InspectError> {
     let repo = open_repo(repo_path)?;
-    let read = |source| InspectError::Read { rev: rev.into(), source };
+    let read = |source| InspectError::Read {
+        rev: rev.into(),
+        source,
+    };
     let checksum = resolve(&repo, rev)
         .map_err(read)?
-        .ok_or_else(|| InspectError::Missing { rev: rev.into(), repo: repo_path.into() })?;
+        .ok_or_else(|| InspectError::Missing {
+            rev: rev.into(),
+            repo: repo_path.into(),
+        })?;
     let info = tree::read_commit(&repo, &checksum).map_err(read)?;
-    let base_commit = tree::meta_str(&info.metadata, keys::BASE_COMMIT).ok_or_else(|| InspectError::NotBerth {
-        rev: rev.into(),
-        checksum: checksum.clone(),
-        key: keys::BASE_COMMIT,
+    let base_commit = tree::meta_str(&info.metadata, keys::BASE_COMMIT).ok_or_else(|| {
+        InspectError::NotBerth {
+            rev: rev.into(),
+            checksum: checksum.clone(),
+            key: keys::BASE_COMMIT,
+        }
     })?;
     let base = tree::read_commit(&repo, &base_commit).map_err(read)?;
     let mut layered = Vec::new();
@@ -76,7 +88,11 @@ pub fn inspect(repo_path: &Path, rev: &str) -> Result<Report, InspectError> {
     for change in tree::diff(&repo, &base.root, &info.root).map_err(read)? {
         let entry = describe(&repo, &info.root, change).map_err(read)?;
         let ours = is_berth_path(&entry.change.path);
-        if ours { layered.push(entry) } else { other.push(entry) }
+        if ours {
+            layered.push(entry)
+        } else {
+            other.push(entry)
+        }
     }
     let signatures = repo
         .read_commit_detached_metadata(&checksum, gio::Cancellable::NONE)
@@ -90,7 +106,8 @@ pub fn inspect(repo_path: &Path, rev: &str) -> Result<Report, InspectError> {
         version: tree::meta_str(&info.metadata, keys::VERSION),
         base_ref: tree::meta_str(&info.metadata, keys::BASE_REF),
         base_version: tree::meta_str(&info.metadata, keys::BASE_VERSION),
-        agent_version: tree::meta_str(&info.metadata, keys::AGENT_VERSION).unwrap_or_else(|| "unknown".into()),
+        agent_version: tree::meta_str(&info.metadata, keys::AGENT_VERSION)
+            .unwrap_or_else(|| "unknown".into()),
         agent_sha256: tree::meta_str(&info.metadata, keys::AGENT_SHA256),
         profiles: tree::meta_strv(&info.metadata, keys::PROFILES),
         units: tree::meta_strv(&info.metadata, keys::UNITS),
@@ -111,7 +128,14 @@ fn is_berth_path(path: &str) -> bool {
 }
 
 fn describe(repo: &Repo, root: &tree::Root, change: Change) -> Result<LayeredEntry, glib::Error> {
-    let mut e = LayeredEntry { change, mode: None, uid: None, gid: None, size: None, symlink_target: None };
+    let mut e = LayeredEntry {
+        change,
+        mode: None,
+        uid: None,
+        gid: None,
+        size: None,
+        symlink_target: None,
+    };
     if e.change.kind == tree::ChangeKind::Removed {
         return Ok(e);
     }
@@ -122,7 +146,9 @@ fn describe(repo: &Repo, root: &tree::Root, change: Change) -> Result<LayeredEnt
             e.uid = Some(info.attribute_uint32("unix::uid"));
             e.gid = Some(info.attribute_uint32("unix::gid"));
             e.size = Some(info.size() as u64);
-            e.symlink_target = info.symlink_target().map(|p| p.to_string_lossy().into_owned());
+            e.symlink_target = info
+                .symlink_target()
+                .map(|p| p.to_string_lossy().into_owned());
         }
         tree::Entry::Dir(r) => {
             let v = repo.load_variant(ostree::ObjectType::DirMeta, &r.meta)?;
@@ -159,8 +185,20 @@ fn entry_line(out: &mut String, e: &LayeredEntry) {
         (Some(u), Some(g)) => format!("{u}:{g}"),
         _ => "-".into(),
     };
-    let size = if e.change.is_dir || e.symlink_target.is_some() { String::new() } else { e.size.map(|s| s.to_string()).unwrap_or_default() };
-    let _ = write!(out, "  {} {} {:>5} {:>9} {}", e.change.kind.letter(), mode, owner, size, e.change.path);
+    let size = if e.change.is_dir || e.symlink_target.is_some() {
+        String::new()
+    } else {
+        e.size.map(|s| s.to_string()).unwrap_or_default()
+    };
+    let _ = write!(
+        out,
+        "  {} {} {:>5} {:>9} {}",
+        e.change.kind.letter(),
+        mode,
+        owner,
+        size,
+        e.change.path
+    );
     if let Some(t) = &e.symlink_target {
         let _ = write!(out, " -> {t}");
     }
@@ -194,15 +232,35 @@ impl Report {
         };
         let _ = writeln!(out, "agent     {agent}");
         let _ = writeln!(out, "units     {}", self.units.join(" "));
-        let profiles = if self.profiles.is_empty() { "(none)".to_string() } else { self.profiles.join(" ") };
+        let profiles = if self.profiles.is_empty() {
+            "(none)".to_string()
+        } else {
+            self.profiles.join(" ")
+        };
         let _ = writeln!(out, "profiles  {profiles}");
-        let _ = writeln!(out, "signed    {}", if self.signatures == 0 { "no".to_string() } else { format!("{} GPG signature(s)", self.signatures) });
-        let _ = writeln!(out, "layered by berth ({} changes against the base):", self.layered.len());
+        let _ = writeln!(
+            out,
+            "signed    {}",
+            if self.signatures == 0 {
+                "no".to_string()
+            } else {
+                format!("{} GPG signature(s)", self.signatures)
+            }
+        );
+        let _ = writeln!(
+            out,
+            "layered by berth ({} changes against the base):",
+            self.layered.len()
+        );
         for e in &self.layered {
             entry_line(&mut out, e);
         }
         if !self.other.is_empty() {
-            let _ = writeln!(out, "other changes against the base ({}):", self.other.len());
+            let _ = writeln!(
+                out,
+                "other changes against the base ({}):",
+                self.other.len()
+            );
             for e in &self.other {
                 entry_line(&mut out, e);
             }

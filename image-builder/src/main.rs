@@ -14,7 +14,11 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_REFUSED: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "berth-image", version, about = "Bake berth into OSTree commits")]
+#[command(
+    name = "berth-image",
+    version,
+    about = "Bake berth into OSTree commits"
+)]
 struct Cli {
     /// Log more (repeat for debug output).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -23,6 +27,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per run: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Layer berth-agent, its units, profiles and config onto a base commit.
@@ -85,7 +91,11 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("berth-image: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            eprintln!(
+                "berth-image: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -111,7 +121,10 @@ fn main() -> ExitCode {
 
 fn refused_or_failed(e: &CommitError) -> u8 {
     match e {
-        CommitError::OpenRepo { .. } | CommitError::Write { .. } | CommitError::BaseRead { .. } | CommitError::Sign { .. } => EXIT_FAILED,
+        CommitError::OpenRepo { .. }
+        | CommitError::Write { .. }
+        | CommitError::BaseRead { .. }
+        | CommitError::Sign { .. } => EXIT_FAILED,
         _ => EXIT_REFUSED,
     }
 }
@@ -139,18 +152,30 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(refuse)?;
             let epoch = std::env::var("SOURCE_DATE_EPOCH").ok();
-            let time = commit::source_date_epoch(epoch.as_deref()).map_err(|e| (EXIT_REFUSED, e.to_string()))?;
-            let layer = inputs::load(&LayerRequest { agent, agent_version, units, profiles, config, add_files })
-                .map_err(refuse)?;
+            let time = commit::source_date_epoch(epoch.as_deref())
+                .map_err(|e| (EXIT_REFUSED, e.to_string()))?;
+            let layer = inputs::load(&LayerRequest {
+                agent,
+                agent_version,
+                units,
+                profiles,
+                config,
+                add_files,
+            })
+            .map_err(refuse)?;
             let req = CommitRequest {
                 repo,
                 base,
                 new_ref,
                 version,
                 time,
-                gpg: gpg_sign.map(|key_id| GpgSign { key_id, homedir: gpg_homedir }),
+                gpg: gpg_sign.map(|key_id| GpgSign {
+                    key_id,
+                    homedir: gpg_homedir,
+                }),
             };
-            let out = commit::commit(&req, &layer).map_err(|e| (refused_or_failed(&e), e.to_string()))?;
+            let out =
+                commit::commit(&req, &layer).map_err(|e| (refused_or_failed(&e), e.to_string()))?;
             log::info!("layered {} entries onto {}", out.entries, out.base_checksum);
             println!("{}", out.checksum);
             Ok(())

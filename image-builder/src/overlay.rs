@@ -31,8 +31,13 @@ pub const BERTH_ROOTS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// A regular file; `mode` is the permission bits only (e.g. 0o755).
-    File { data: Vec<u8>, mode: u32 },
-    Symlink { target: String },
+    File {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
     Dir,
 }
 
@@ -64,7 +69,10 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
         return Err(PathError::NotAbsolute { path: path.into() });
     }
     let comps: Vec<&str> = path[1..].split('/').collect();
-    if comps.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
+    if comps
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
         return Err(PathError::BadComponent { path: path.into() });
     }
     let mut out = String::new();
@@ -174,10 +182,22 @@ mod tests {
     fn paths_are_normalised_and_etc_moves_to_usr_etc() {
         assert_eq!(normalize("/usr/bin/x").unwrap(), "/usr/bin/x");
         assert_eq!(normalize("/etc/berth/a").unwrap(), "/usr/etc/berth/a");
-        assert!(matches!(normalize("usr/x"), Err(PathError::NotAbsolute { .. })));
-        assert!(matches!(normalize("/usr/../x"), Err(PathError::BadComponent { .. })));
-        assert!(matches!(normalize("/usr//x"), Err(PathError::BadComponent { .. })));
-        assert!(matches!(normalize("/usr/x/"), Err(PathError::BadComponent { .. })));
+        assert!(matches!(
+            normalize("usr/x"),
+            Err(PathError::NotAbsolute { .. })
+        ));
+        assert!(matches!(
+            normalize("/usr/../x"),
+            Err(PathError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            normalize("/usr//x"),
+            Err(PathError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            normalize("/usr/x/"),
+            Err(PathError::BadComponent { .. })
+        ));
     }
 
     #[test]

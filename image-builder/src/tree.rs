@@ -70,7 +70,10 @@ fn load_dirtree(repo: &Repo, contents: &str) -> Result<DirTree, glib::Error> {
     let mut t = DirTree::default();
     for f in v.child_value(0).iter() {
         let name = f.child_value(0).str().unwrap_or_default().to_owned();
-        t.files.push((name, ostree::checksum_from_bytes_v(&f.child_value(1)).to_string()));
+        t.files.push((
+            name,
+            ostree::checksum_from_bytes_v(&f.child_value(1)).to_string(),
+        ));
     }
     for d in v.child_value(1).iter() {
         let name = d.child_value(0).str().unwrap_or_default().to_owned();
@@ -94,12 +97,18 @@ pub enum Entry {
     Dir(Root),
     /// A parent component (`prefix`) is a file or symlink, so the path cannot
     /// exist as a directory entry: writing it would need to follow a link.
-    UnderFile { prefix: String },
+    UnderFile {
+        prefix: String,
+    },
 }
 
 /// Finds `path` (absolute, normalised) under `root`.
 pub fn lookup(repo: &Repo, root: &Root, path: &str) -> Result<Entry, glib::Error> {
-    let comps: Vec<&str> = path.trim_start_matches('/').split('/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .collect();
     let mut dir = root.clone();
     for (i, name) in comps.iter().enumerate() {
         let t = load_dirtree(repo, &dir.contents)?;
@@ -108,7 +117,9 @@ pub fn lookup(repo: &Repo, root: &Root, path: &str) -> Result<Entry, glib::Error
             return Ok(if last {
                 Entry::File(c.clone())
             } else {
-                Entry::UnderFile { prefix: format!("/{}", comps[..=i].join("/")) }
+                Entry::UnderFile {
+                    prefix: format!("/{}", comps[..=i].join("/")),
+                }
             });
         }
         match t.dirs.into_iter().find(|(n, _)| n == name) {
@@ -153,9 +164,19 @@ pub fn diff(repo: &Repo, a: &Root, b: &Root) -> Result<Vec<Change>, glib::Error>
     Ok(out)
 }
 
-fn diff_into(repo: &Repo, prefix: &str, a: &Root, b: &Root, out: &mut Vec<Change>) -> Result<(), glib::Error> {
+fn diff_into(
+    repo: &Repo,
+    prefix: &str,
+    a: &Root,
+    b: &Root,
+    out: &mut Vec<Change>,
+) -> Result<(), glib::Error> {
     if a.meta != b.meta {
-        out.push(Change { kind: ChangeKind::Modified, path: dir_path(prefix), is_dir: true });
+        out.push(Change {
+            kind: ChangeKind::Modified,
+            path: dir_path(prefix),
+            is_dir: true,
+        });
     }
     if a.contents == b.contents {
         return Ok(());
@@ -166,13 +187,25 @@ fn diff_into(repo: &Repo, prefix: &str, a: &Root, b: &Root, out: &mut Vec<Change
         let path = format!("{prefix}/{name}");
         match tb.files.iter().find(|(n, _)| n == name) {
             Some((_, cb)) if cb == ca => {}
-            Some(_) => out.push(Change { kind: ChangeKind::Modified, path, is_dir: false }),
-            None => out.push(Change { kind: ChangeKind::Removed, path, is_dir: false }),
+            Some(_) => out.push(Change {
+                kind: ChangeKind::Modified,
+                path,
+                is_dir: false,
+            }),
+            None => out.push(Change {
+                kind: ChangeKind::Removed,
+                path,
+                is_dir: false,
+            }),
         }
     }
     for (name, _) in &tb.files {
         if !ta.files.iter().any(|(n, _)| n == name) {
-            out.push(Change { kind: ChangeKind::Added, path: format!("{prefix}/{name}"), is_dir: false });
+            out.push(Change {
+                kind: ChangeKind::Added,
+                path: format!("{prefix}/{name}"),
+                is_dir: false,
+            });
         }
     }
     for (name, ra) in &ta.dirs {
@@ -184,21 +217,45 @@ fn diff_into(repo: &Repo, prefix: &str, a: &Root, b: &Root, out: &mut Vec<Change
     }
     for (name, rb) in &tb.dirs {
         if !ta.dirs.iter().any(|(n, _)| n == name) {
-            walk_all(repo, &format!("{prefix}/{name}"), rb, ChangeKind::Added, out)?;
+            walk_all(
+                repo,
+                &format!("{prefix}/{name}"),
+                rb,
+                ChangeKind::Added,
+                out,
+            )?;
         }
     }
     Ok(())
 }
 
 fn dir_path(prefix: &str) -> String {
-    if prefix.is_empty() { "/".into() } else { prefix.into() }
+    if prefix.is_empty() {
+        "/".into()
+    } else {
+        prefix.into()
+    }
 }
 
-fn walk_all(repo: &Repo, path: &str, r: &Root, kind: ChangeKind, out: &mut Vec<Change>) -> Result<(), glib::Error> {
-    out.push(Change { kind, path: path.into(), is_dir: true });
+fn walk_all(
+    repo: &Repo,
+    path: &str,
+    r: &Root,
+    kind: ChangeKind,
+    out: &mut Vec<Change>,
+) -> Result<(), glib::Error> {
+    out.push(Change {
+        kind,
+        path: path.into(),
+        is_dir: true,
+    });
     let t = load_dirtree(repo, &r.contents)?;
     for (name, _) in &t.files {
-        out.push(Change { kind, path: format!("{path}/{name}"), is_dir: false });
+        out.push(Change {
+            kind,
+            path: format!("{path}/{name}"),
+            is_dir: false,
+        });
     }
     for (name, sub) in &t.dirs {
         walk_all(repo, &format!("{path}/{name}"), sub, kind, out)?;

@@ -21,7 +21,9 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("50-berth.preset", include_str!("../data/50-berth.preset")),
 ];
 
-const UNIT_SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".path", ".target", ".mount"];
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service", ".socket", ".timer", ".path", ".target", ".mount",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnitError {
@@ -55,11 +57,15 @@ pub struct UnitPlan {
 
 /// Adds the units, presets and enablement symlinks to `overlay`.
 /// `files` are (file name, content) pairs, in any order.
-pub fn plan(files: &[(String, Vec<u8>)], overlay: &mut Overlay) -> Result<Vec<UnitPlan>, UnitError> {
+pub fn plan(
+    files: &[(String, Vec<u8>)],
+    overlay: &mut Overlay,
+) -> Result<Vec<UnitPlan>, UnitError> {
     let mut units = Vec::new();
     let mut presets = Vec::new();
     for (name, data) in files {
-        let text = std::str::from_utf8(data).map_err(|_| UnitError::NotUtf8 { name: name.clone() })?;
+        let text =
+            std::str::from_utf8(data).map_err(|_| UnitError::NotUtf8 { name: name.clone() })?;
         if name.contains('/') || name.starts_with('.') {
             return Err(UnitError::UnknownKind { name: name.clone() });
         }
@@ -67,14 +73,20 @@ pub fn plan(files: &[(String, Vec<u8>)], overlay: &mut Overlay) -> Result<Vec<Un
             presets.push((name.clone(), parse_preset(name, text)?));
             overlay.insert(
                 &format!("{PRESET_DIR}/{name}"),
-                Node::File { data: data.clone(), mode: 0o644 },
+                Node::File {
+                    data: data.clone(),
+                    mode: 0o644,
+                },
                 &format!("preset {name}"),
             )?;
         } else if UNIT_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             units.push((name.clone(), parse_install(name, text)?));
             overlay.insert(
                 &format!("{UNIT_DIR}/{name}"),
-                Node::File { data: data.clone(), mode: 0o644 },
+                Node::File {
+                    data: data.clone(),
+                    mode: 0o644,
+                },
                 &format!("unit {name}"),
             )?;
         } else {
@@ -100,13 +112,20 @@ pub fn plan(files: &[(String, Vec<u8>)], overlay: &mut Overlay) -> Result<Vec<Un
                 for t in targets {
                     overlay.insert(
                         &format!("{UNIT_DIR}/{t}.{dir}/{name}"),
-                        Node::Symlink { target: format!("../{name}") },
+                        Node::Symlink {
+                            target: format!("../{name}"),
+                        },
                         &format!("enablement of {name}"),
                     )?;
                 }
             }
         }
-        out.push(UnitPlan { name, enabled, wanted_by, required_by });
+        out.push(UnitPlan {
+            name,
+            enabled,
+            wanted_by,
+            required_by,
+        });
     }
     if !out.iter().any(|u| u.enabled) {
         return Err(UnitError::NothingEnabled {
@@ -212,49 +231,82 @@ mod tests {
     use super::*;
 
     fn embedded() -> Vec<(String, Vec<u8>)> {
-        EMBEDDED.iter().map(|(n, c)| (n.to_string(), c.as_bytes().to_vec())).collect()
+        EMBEDDED
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.as_bytes().to_vec()))
+            .collect()
     }
 
     #[test]
     fn embedded_units_are_enabled_with_wants_links() {
         let mut o = Overlay::new();
         let plans = plan(&embedded(), &mut o).unwrap();
-        assert!(plans.iter().all(|p| p.enabled && p.wanted_by == ["multi-user.target"]));
+        assert!(plans
+            .iter()
+            .all(|p| p.enabled && p.wanted_by == ["multi-user.target"]));
         assert_eq!(
             o.get("/usr/lib/systemd/system/multi-user.target.wants/berth-agent.service"),
-            Some(&Node::Symlink { target: "../berth-agent.service".into() })
+            Some(&Node::Symlink {
+                target: "../berth-agent.service".into()
+            })
         );
-        assert!(o.get("/usr/lib/systemd/system-preset/50-berth.preset").is_some());
-        assert!(o.get("/usr/lib/systemd/system/berth-firstboot.service").is_some());
+        assert!(o
+            .get("/usr/lib/systemd/system-preset/50-berth.preset")
+            .is_some());
+        assert!(o
+            .get("/usr/lib/systemd/system/berth-firstboot.service")
+            .is_some());
     }
 
     #[test]
     fn first_preset_match_wins_and_disabled_units_get_no_links() {
         let files = vec![
-            ("a.service".to_string(), b"[Install]\nWantedBy=multi-user.target\n".to_vec()),
-            ("b.service".to_string(), b"[Install]\nRequiredBy=x.target y.target\n".to_vec()),
-            ("10-x.preset".to_string(), b"disable a.service\nenable *.service\n".to_vec()),
+            (
+                "a.service".to_string(),
+                b"[Install]\nWantedBy=multi-user.target\n".to_vec(),
+            ),
+            (
+                "b.service".to_string(),
+                b"[Install]\nRequiredBy=x.target y.target\n".to_vec(),
+            ),
+            (
+                "10-x.preset".to_string(),
+                b"disable a.service\nenable *.service\n".to_vec(),
+            ),
         ];
         let mut o = Overlay::new();
         let plans = plan(&files, &mut o).unwrap();
         assert!(!plans[0].enabled);
         assert!(plans[1].enabled);
-        assert!(o.get("/usr/lib/systemd/system/multi-user.target.wants/a.service").is_none());
-        assert!(o.get("/usr/lib/systemd/system/y.target.requires/b.service").is_some());
+        assert!(o
+            .get("/usr/lib/systemd/system/multi-user.target.wants/a.service")
+            .is_none());
+        assert!(o
+            .get("/usr/lib/systemd/system/y.target.requires/b.service")
+            .is_some());
     }
 
     #[test]
     fn bad_inputs_name_the_file_and_line() {
         let mut o = Overlay::new();
         let files = vec![("x.conf".to_string(), b"".to_vec())];
-        assert!(matches!(plan(&files, &mut o), Err(UnitError::UnknownKind { .. })));
+        assert!(matches!(
+            plan(&files, &mut o),
+            Err(UnitError::UnknownKind { .. })
+        ));
         let files = vec![
-            ("a.service".to_string(), b"[Install]\nWantedBy=../etc\n".to_vec()),
+            (
+                "a.service".to_string(),
+                b"[Install]\nWantedBy=../etc\n".to_vec(),
+            ),
             ("1.preset".to_string(), b"enable a.service\n".to_vec()),
         ];
         let err = plan(&files, &mut o).unwrap_err().to_string();
         assert!(err.contains("a.service line 2"), "{err}");
-        let files = vec![("a.service".to_string(), b"[Install]\nWantedBy=m.target\n".to_vec())];
+        let files = vec![(
+            "a.service".to_string(),
+            b"[Install]\nWantedBy=m.target\n".to_vec(),
+        )];
         assert!(matches!(plan(&files, &mut o), Err(UnitError::NoPreset)));
     }
 

@@ -40,9 +40,16 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
     let fx = fixture(3000);
     let repo = fx.repo_str();
     let out = fx.commit(NEW_REF, &[], Some("1700000000"));
-    assert!(out.status.success(), "berth-image commit failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "berth-image commit failed: {}",
+        stderr(&out)
+    );
     let checksum = stdout(&out).trim().to_owned();
-    assert_eq!(ostree(&["rev-parse", "--repo", repo, NEW_REF]).trim(), checksum);
+    assert_eq!(
+        ostree(&["rev-parse", "--repo", repo, NEW_REF]).trim(),
+        checksum
+    );
 
     // Exactly the layered files differ.
     let diff = ostree(&["diff", "--repo", repo, BASE_REF, NEW_REF]);
@@ -57,14 +64,28 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
         ("/usr/lib/systemd/system/berth-agent.service", "-00644"),
         ("/usr/lib/systemd/system-preset/50-berth.preset", "-00644"),
         ("/usr/share/berth/profiles/legacy-2015", "d00755"),
-        ("/usr/share/berth/profiles/legacy-2015/templates/etcd.conf.j2", "-00644"),
-        ("/usr/lib/systemd/system/multi-user.target.wants/berth-agent.service", "l00777"),
+        (
+            "/usr/share/berth/profiles/legacy-2015/templates/etcd.conf.j2",
+            "-00644",
+        ),
+        (
+            "/usr/lib/systemd/system/multi-user.target.wants/berth-agent.service",
+            "l00777",
+        ),
     ];
     for (path, mode) in cases {
         let f = ls(repo, NEW_REF, path);
-        assert_eq!((f[0].as_str(), f[1].as_str(), f[2].as_str()), (mode, "0", "0"), "{path}: {f:?}");
+        assert_eq!(
+            (f[0].as_str(), f[1].as_str(), f[2].as_str()),
+            (mode, "0", "0"),
+            "{path}: {f:?}"
+        );
     }
-    let link = ls(repo, NEW_REF, "/usr/lib/systemd/system/multi-user.target.wants/berth-firstboot.service");
+    let link = ls(
+        repo,
+        NEW_REF,
+        "/usr/lib/systemd/system/multi-user.target.wants/berth-firstboot.service",
+    );
     assert_eq!(link.last().unwrap(), "../berth-firstboot.service");
 
     // Contents are the inputs, byte for byte.
@@ -79,24 +100,44 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
         ostree(&["cat", "--repo", repo, NEW_REF, "/usr/etc/berth/config.yaml"]),
         "cluster: demo\nprofile: legacy-2015\n"
     );
-    let preset = ostree(&["cat", "--repo", repo, NEW_REF, "/usr/lib/systemd/system-preset/50-berth.preset"]);
+    let preset = ostree(&[
+        "cat",
+        "--repo",
+        repo,
+        NEW_REF,
+        "/usr/lib/systemd/system-preset/50-berth.preset",
+    ]);
     assert!(preset.contains("enable berth-agent.service"), "{preset}");
     // The README next to the profiles is not a profile and is not baked.
     assert!(!diff.contains("README"));
 
     // The whole base is still there, with its xattrs and ownership.
     let vmlinuz = format!("/usr/lib/modules/{KVER}/vmlinuz");
-    assert_eq!(ostree(&["cat", "--repo", repo, NEW_REF, &vmlinuz]), "placeholder kernel\n");
+    assert_eq!(
+        ostree(&["cat", "--repo", repo, NEW_REF, &vmlinuz]),
+        "placeholder kernel\n"
+    );
     let bash = ostree(&["ls", "--repo", repo, "-X", NEW_REF, "/usr/bin/bash"]);
     assert!(bash.contains("user.berth-test"), "base xattr lost: {bash}");
     assert_eq!(ls(repo, NEW_REF, "/opt").last().unwrap(), "var/opt");
-    let all_base = ostree(&["ls", "--repo", repo, "-R", BASE_REF]).lines().count();
-    let all_new = ostree(&["ls", "--repo", repo, "-R", NEW_REF]).lines().count();
+    let all_base = ostree(&["ls", "--repo", repo, "-R", BASE_REF])
+        .lines()
+        .count();
+    let all_new = ostree(&["ls", "--repo", repo, "-R", NEW_REF])
+        .lines()
+        .count();
     assert_eq!(all_new, all_base + EXPECTED_DIFF.len());
-    assert!(all_base > 3000, "the base holds a few thousand entries: {all_base}");
+    assert!(
+        all_base > 3000,
+        "the base holds a few thousand entries: {all_base}"
+    );
 
     // Untouched subtrees keep their dirtree checksums (reused, not rewritten).
-    for dir in ["/usr/share/doc", "/usr/lib/modules", "/usr/share/doc/pkg00007"] {
+    for dir in [
+        "/usr/share/doc",
+        "/usr/lib/modules",
+        "/usr/share/doc/pkg00007",
+    ] {
         let a = ostree(&["ls", "--repo", repo, "-d", "-C", BASE_REF, dir]);
         let b = ostree(&["ls", "--repo", repo, "-d", "-C", NEW_REF, dir]);
         assert_eq!(a, b, "{dir} was rewritten");
@@ -108,9 +149,15 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
     assert!(log.contains("Version: 39.1-berth.1"), "{log}");
     assert!(log.contains("Date:  2023-11-14 22:13:20 +0000"), "{log}");
     let meta = |key: &str| {
-        ostree(&["show", "--repo", repo, &format!("--print-metadata-key={key}"), NEW_REF])
-            .trim()
-            .to_owned()
+        ostree(&[
+            "show",
+            "--repo",
+            repo,
+            &format!("--print-metadata-key={key}"),
+            NEW_REF,
+        ])
+        .trim()
+        .to_owned()
     };
     assert_eq!(meta("berth.base-commit"), format!("'{}'", fx.base));
     assert_eq!(meta("berth.base-ref"), format!("'{BASE_REF}'"));
@@ -126,11 +173,29 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
     let out = berth_image(&["inspect", "--repo", repo, NEW_REF], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains(&format!("berth-agent {AGENT_VERSION} (sha256 ")), "{text}");
-    assert!(text.contains(&format!("base      {} (ref {BASE_REF}) version 39.20240101.0", fx.base)), "{text}");
-    assert!(text.contains("units     berth-agent.service berth-firstboot.service"), "{text}");
+    assert!(
+        text.contains(&format!("berth-agent {AGENT_VERSION} (sha256 ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "base      {} (ref {BASE_REF}) version 39.20240101.0",
+            fx.base
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("units     berth-agent.service berth-firstboot.service"),
+        "{text}"
+    );
     assert!(text.contains("profiles  legacy-2015"), "{text}");
-    assert!(text.contains(&format!("layered by berth ({} changes against the base)", EXPECTED_DIFF.len())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "layered by berth ({} changes against the base)",
+            EXPECTED_DIFF.len()
+        )),
+        "{text}"
+    );
     assert!(text.contains("A -rwxr-xr-x   0:0"), "{text}");
     assert!(!text.contains("other changes"), "{text}");
     assert!(!text.contains("not the commit's parent"), "{text}");
@@ -138,7 +203,11 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
     // inspect refuses a commit berth did not make.
     let out = berth_image(&["inspect", "--repo", repo, BASE_REF], None);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("not a berth commit"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a berth commit"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -151,7 +220,10 @@ fn same_inputs_and_source_date_epoch_give_the_same_checksum() {
     };
     let a = run("berth/a", Some("1700000000"));
     let b = run("berth/b", Some("1700000000"));
-    assert_ne!(a, b, "the ref binding names the ref, so different refs differ");
+    assert_ne!(
+        a, b,
+        "the ref binding names the ref, so different refs differ"
+    );
     let a2 = run("berth/a", Some("1700000000"));
     assert_eq!(a, a2, "same inputs, same SOURCE_DATE_EPOCH: same commit");
     let a3 = run("berth/a", Some("1700000001"));
@@ -167,7 +239,12 @@ fn same_inputs_and_source_date_epoch_give_the_same_checksum() {
     // A second repository built from scratch with the same inputs agrees.
     let other = tempfile::tempdir().unwrap();
     let repo2 = other.path().join("repo");
-    ostree(&["init", "--repo", repo2.to_str().unwrap(), "--mode=bare-user"]);
+    ostree(&[
+        "init",
+        "--repo",
+        repo2.to_str().unwrap(),
+        "--mode=bare-user",
+    ]);
     ostree(&[
         "pull-local",
         "--repo",
@@ -196,7 +273,11 @@ fn same_inputs_and_source_date_epoch_give_the_same_checksum() {
         Some("1700000000"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), a, "a bare-user repo gives the same commit as an archive repo");
+    assert_eq!(
+        stdout(&out).trim(),
+        a,
+        "a bare-user repo gives the same commit as an archive repo"
+    );
 }
 
 #[test]
@@ -213,10 +294,20 @@ fn gpg_signed_commit_verifies_with_ostree() {
             .args(args)
             .output()
             .expect("gpg (package gnupg, installed by tests/setup/image.sh)");
-        assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    gpg(&["--quick-gen-key", "berth test <test@berth.invalid>", "ed25519", "sign", "never"]);
+    gpg(&[
+        "--quick-gen-key",
+        "berth test <test@berth.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
     let listing = gpg(&["--list-keys", "--with-colons"]);
     let fpr = listing
         .lines()
@@ -250,7 +341,10 @@ fn gpg_signed_commit_verifies_with_ostree() {
         &format!("--gpg-homedir={}", keyring.display()),
         &checksum,
     ]);
-    assert!(show.contains("Good signature from \"berth test <test@berth.invalid>\""), "{show}");
+    assert!(
+        show.contains("Good signature from \"berth test <test@berth.invalid>\""),
+        "{show}"
+    );
 
     // A consumer pulling with GPG verification accepts it, and refuses an
     // unsigned commit.
@@ -265,15 +359,33 @@ fn gpg_signed_commit_verifies_with_ostree() {
         "berth",
         &format!("file://{}", fx.repo.display()),
     ]);
-    ostree(&["pull", "--repo", dst.to_str().unwrap(), "berth", "berth/signed"]);
+    ostree(&[
+        "pull",
+        "--repo",
+        dst.to_str().unwrap(),
+        "berth",
+        "berth/signed",
+    ]);
     let unsigned = fx.commit("berth/unsigned", &[], Some("1700000000"));
     assert!(unsigned.status.success());
     let pull = std::process::Command::new("ostree")
-        .args(["pull", "--repo", dst.to_str().unwrap(), "berth", "berth/unsigned"])
+        .args([
+            "pull",
+            "--repo",
+            dst.to_str().unwrap(),
+            "berth",
+            "berth/unsigned",
+        ])
         .output()
         .unwrap();
-    assert!(!pull.status.success(), "an unsigned commit must fail GPG verification");
+    assert!(
+        !pull.status.success(),
+        "an unsigned commit must fail GPG verification"
+    );
 
-    let text = stdout(&berth_image(&["inspect", "--repo", fx.repo_str(), "berth/signed"], None));
+    let text = stdout(&berth_image(
+        &["inspect", "--repo", fx.repo_str(), "berth/signed"],
+        None,
+    ));
     assert!(text.contains("signed    1 GPG signature(s)"), "{text}");
 }

@@ -17,7 +17,10 @@ pub fn bin() -> &'static str {
 
 /// Runs `ostree ARGS` and returns stdout; panics with stderr on failure.
 pub fn ostree(args: &[&str]) -> String {
-    let out = Command::new("ostree").args(args).output().expect("ostree CLI (tests/setup/image.sh installs it)");
+    let out = Command::new("ostree")
+        .args(args)
+        .output()
+        .expect("ostree CLI (tests/setup/image.sh installs it)");
     assert!(
         out.status.success(),
         "ostree {args:?} failed: {}\n{}",
@@ -97,16 +100,44 @@ impl Fixture {
 /// into `/usr` and `/var`), commits it with the `ostree` CLI as root:root.
 pub fn make_base_tree(root: &Path, nfiles: usize) {
     let mk = |p: &str| std::fs::create_dir_all(root.join(p)).unwrap();
-    for d in ["usr/bin", "usr/lib/systemd/system", "usr/etc", "usr/share/doc", "var", "sysroot"] {
+    for d in [
+        "usr/bin",
+        "usr/lib/systemd/system",
+        "usr/etc",
+        "usr/share/doc",
+        "var",
+        "sysroot",
+    ] {
         mk(d);
     }
     mk(&format!("usr/lib/modules/{KVER}"));
-    std::fs::write(root.join(format!("usr/lib/modules/{KVER}/vmlinuz")), b"placeholder kernel\n").unwrap();
-    std::fs::write(root.join("usr/etc/os-release"), b"ID=fedora\nVARIANT_ID=berth-test\n").unwrap();
-    std::fs::write(root.join("usr/lib/systemd/system/sshd.service"), b"[Unit]\nDescription=sshd\n").unwrap();
+    std::fs::write(
+        root.join(format!("usr/lib/modules/{KVER}/vmlinuz")),
+        b"placeholder kernel\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("usr/etc/os-release"),
+        b"ID=fedora\nVARIANT_ID=berth-test\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("usr/lib/systemd/system/sshd.service"),
+        b"[Unit]\nDescription=sshd\n",
+    )
+    .unwrap();
     std::fs::write(root.join("usr/bin/bash"), b"\x7fELFfake").unwrap();
-    std::fs::set_permissions(root.join("usr/bin/bash"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for (link, target) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("opt", "var/opt"), ("home", "var/home")] {
+    std::fs::set_permissions(
+        root.join("usr/bin/bash"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("opt", "var/opt"),
+        ("home", "var/home"),
+    ] {
         symlink(target, root.join(link)).unwrap();
     }
     symlink("bash", root.join("usr/bin/sh")).unwrap();
@@ -179,15 +210,33 @@ pub fn fixture(nfiles: usize) -> Fixture {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(xattr_ok, "setfattr (package attr, installed by tests/setup/image.sh) must set a user xattr");
+    assert!(
+        xattr_ok,
+        "setfattr (package attr, installed by tests/setup/image.sh) must set a user xattr"
+    );
     let base = commit_base(&repo, &tree, BASE_REF);
     let agent = build_agent(dir.path());
     let profiles = dir.path().join("profiles");
     std::fs::create_dir_all(profiles.join("legacy-2015/templates")).unwrap();
-    std::fs::write(profiles.join("legacy-2015/profile.yaml"), b"name: legacy-2015\n").unwrap();
-    std::fs::write(profiles.join("legacy-2015/templates/etcd.conf.j2"), b"[etcd]\nname = \"{{ node.name }}\"\n").unwrap();
+    std::fs::write(
+        profiles.join("legacy-2015/profile.yaml"),
+        b"name: legacy-2015\n",
+    )
+    .unwrap();
+    std::fs::write(
+        profiles.join("legacy-2015/templates/etcd.conf.j2"),
+        b"[etcd]\nname = \"{{ node.name }}\"\n",
+    )
+    .unwrap();
     std::fs::write(profiles.join("README"), b"not a profile\n").unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, b"cluster: demo\nprofile: legacy-2015\n").unwrap();
-    Fixture { dir, repo, base, agent, profiles, config }
+    Fixture {
+        dir,
+        repo,
+        base,
+        agent,
+        profiles,
+        config,
+    }
 }

@@ -43,6 +43,14 @@ const RETRYABLE_CODES: &[&str] = &[
     "InternalFailure",
     "Unavailable",
 ];
+/// The subset of [`RETRYABLE_CODES`] that means "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestThrottledException",
+];
 /// Codes that mean the credentials (or the request's timestamp) expired.
 const EXPIRED_CODES: &[&str] = &[
     "ExpiredToken",
@@ -206,8 +214,7 @@ impl Ec2Error {
 
     /// True when EC2 throttled the call (after retries, if this is what they ended on).
     pub fn is_throttling(&self) -> bool {
-        self.code()
-            .is_some_and(|c| RETRYABLE_CODES[..5].contains(&c))
+        self.code().is_some_and(|c| THROTTLING_CODES.contains(&c))
     }
 
     fn from_gave_up(action: &str, gave_up: GaveUp<Ec2Error>) -> Self {

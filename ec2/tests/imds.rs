@@ -435,6 +435,60 @@ async fn moves_to_the_next_endpoint_only_on_connect_failure() {
 }
 
 #[tokio::test]
+async fn falls_back_from_ipv4_to_an_ipv6_endpoint() {
+    // The production order (IPv4, then IPv6) on an IPv6-only network: the IPv4 endpoint
+    // refuses, the IPv6 one (here ::1) answers and is kept.
+    let fake = FakeImds::with_items(&[("meta-data/instance-id", "i-0abc")]);
+    let f = fake.clone();
+    let v6 = Server::start_on("[::1]:0", move |req| f.handle(req)).await;
+    assert!(
+        v6.url().as_str().starts_with("http://[::1]:"),
+        "{}",
+        v6.url()
+    );
+    let imds = ImdsClient::new(vec![refused_url().await, v6.url()], fast_policy());
+    assert_eq!(
+        imds.get("meta-data/instance-id").await.unwrap().as_deref(),
+        Some("i-0abc")
+    );
+    assert_eq!(imds.current_endpoint(), Some(&v6.url()));
+    assert_eq!(v6.count("PUT", TOKEN_PATH), 1);
+}
+
+#[tokio::test]
+async fn token_is_renewed_before_the_ttl_imds_granted() {
+    let fake = FakeImds::with_items(&[("meta-data/instance-id", "i-0abc")]);
+    let f = fake.clone();
+    // An IMDS granting only 1 s, whatever was asked.
+    let server = Server::start(move |req| match f.handle(req) {
+        reply @ Reply::Respond { .. } if req.method == "PUT" => {
+            let Reply::Respond { status, body, .. } = reply else {
+                unreachable!()
+            };
+            Reply::Respond {
+                status,
+                headers: vec![("x-aws-ec2-metadata-token-ttl-seconds".into(), "1".into())],
+                body,
+            }
+        }
+        reply => reply,
+    })
+    .await;
+    let imds = client(&server);
+    imds.get("meta-data/instance-id").await.unwrap();
+    imds.get("meta-data/instance-id").await.unwrap();
+    assert_eq!(server.count("PUT", TOKEN_PATH), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    imds.get("meta-data/instance-id").await.unwrap();
+    assert_eq!(
+        server.count("PUT", TOKEN_PATH),
+        2,
+        "renewed before IMDS would expire it, without a 401"
+    );
+    assert_eq!(server.count("GET", "/latest/meta-data/instance-id"), 3);
+}
+
+#[tokio::test]
 async fn stalled_endpoint_moves_to_the_next() {
     let stalled = Server::start(|_| Reply::Stall(Duration::from_secs(5))).await;
     let fake = FakeImds::with_items(&[("meta-data/instance-id", "i-0abc")]);

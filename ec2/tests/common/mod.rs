@@ -103,7 +103,15 @@ impl Drop for Server {
 
 impl Server {
     pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start_on("127.0.0.1:0", handler).await
+    }
+
+    /// As [`Server::start`], on another loopback address (`[::1]:0` for IPv6).
+    pub async fn start_on(
+        bind: &str,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Server {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
@@ -128,6 +136,7 @@ impl Server {
     }
 
     pub fn url(&self) -> Url {
+        // SocketAddr's Display brackets IPv6 addresses, as URLs need.
         Url::parse(&format!("http://{}/", self.addr)).unwrap()
     }
 

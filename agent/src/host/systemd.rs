@@ -204,7 +204,14 @@ impl Systemd {
     /// Ask systemd to send job signals to this connection. systemd only emits `JobRemoved` to
     /// subscribed clients, so this comes before any unit action.
     pub async fn subscribe(&self) -> Result<(), SystemdError> {
-        bounded("Subscribe", None, self.manager.subscribe()).await
+        match bounded("Subscribe", None, self.manager.subscribe()).await {
+            // Subscribing twice is harmless: the subscription is what we wanted.
+            Err(SystemdError::Call {
+                source: zbus::Error::MethodError(name, _, _),
+                ..
+            }) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => Ok(()),
+            other => other,
+        }
     }
 
     /// `systemctl daemon-reload`: systemd re-reads every unit file. Returns once the reload is

@@ -1,0 +1,385 @@
+//! A real systemd to test against: a Debian container booted with `systemd-nspawn -b`.
+//!
+//! The root file system is built once by `tests/setup/nspawn.sh` (debootstrap, about a minute)
+//! under `${BERTH_CACHE:-/var/cache/berth}/rootfs-bookworm`; each [`Container`] copies it
+//! (`cp -a --reflink=auto`, under a second) into its own temporary directory, so tests run in
+//! parallel and never see each other's units.
+//!
+//! The test process is not under systemd, so the container is booted with `--register=no
+//! --keep-unit` (no machined), and its system bus is reached from the host through a host
+//! directory bind-mounted on the container's `/run/dbus`: the container's `dbus-daemon` creates
+//! `system_bus_socket` there, and [`Container::bus_address`] names it. Commands that must run
+//! *inside* (`systemctl is-enabled`, `show`) go through `nsenter` into the container's PID 1.
+//!
+//! Every process is stopped by its PID when the [`Container`] is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The daemons of the Fedora 21 units, each a link to the stand-in program.
+pub const STANDINS: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubelet",
+    "docker",
+];
+
+/// Where the stand-ins write the arguments they were started with, inside the container.
+pub const STANDIN_LOG_DIR: &str = "var/log/berth-standins";
+
+/// A container reaches `multi-user.target` in 2–4 s here; a minute covers a loaded CI machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// nspawn turns SIGTERM into a clean container shutdown, about 1.5 s; after this it is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("BERTH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/berth"))
+}
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The Fedora 21 fixtures (`tests/fixtures/fedora-21`).
+pub fn fixtures_dir() -> PathBuf {
+    workspace_dir().join("tests/fixtures/fedora-21")
+}
+
+/// Whether this process may boot containers. Without root, a test skips with a loud message
+/// when `CI` is unset, and fails under CI (CI runs as root, so a skip there would hide a bug).
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root to boot a systemd-nspawn container, and CI runs as root");
+    }
+    eprintln!("\n*** SKIPPED {test}: needs root (systemd-nspawn); run the suite as root ***\n");
+    false
+}
+
+/// The cached root file system, built by `tests/setup/nspawn.sh` if it is not there yet.
+pub fn rootfs() -> PathBuf {
+    let rootfs = cache_dir().join("rootfs-bookworm");
+    if !rootfs.join(".berth-rootfs-complete").exists() {
+        let script = workspace_dir().join("tests/setup/nspawn.sh");
+        // Tests run in parallel: one builds, the others wait on the lock.
+        let lock = cache_dir().join(".nspawn-setup.lock");
+        std::fs::create_dir_all(cache_dir()).expect("create the cache directory");
+        let status = Command::new("flock")
+            .arg(&lock)
+            .arg("bash")
+            .arg(&script)
+            .status()
+            .expect("run tests/setup/nspawn.sh");
+        assert!(status.success(), "{} failed: {status}", script.display());
+    }
+    rootfs
+}
+
+pub struct Container {
+    dir: tempfile::TempDir,
+    nspawn: Option<Child>,
+    pid1: Option<u32>,
+    boots: u32,
+}
+
+impl Container {
+    /// A fresh copy of the cached root file system, not booted yet.
+    pub fn new() -> Container {
+        let rootfs = rootfs();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-nspawn-")
+            .tempdir()
+            .expect("temporary directory");
+        let status = Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(&rootfs)
+            .arg(dir.path().join("root"))
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "copying {} failed", rootfs.display());
+        std::fs::create_dir_all(dir.path().join("bus")).expect("bus directory");
+        Container {
+            dir,
+            nspawn: None,
+            pid1: None,
+            boots: 0,
+        }
+    }
+
+    /// The container's `/`, as the host sees it (the agent's `--root`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// A path inside the container, as the host sees it.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        self.root().join(inside.trim_start_matches('/'))
+    }
+
+    /// The container's system bus, from the host.
+    pub fn bus_address(&self) -> String {
+        format!(
+            "unix:path={}",
+            self.dir.path().join("bus/system_bus_socket").display()
+        )
+    }
+
+    /// Install the Fedora 21 units in `/usr/lib/systemd/system`, their stand-in daemons, and the
+    /// users and directories they expect (`kube`, `etcd`, group `docker`, `/var/lib/etcd`).
+    pub fn install_fedora21(&self, standin: &Path) {
+        let units = fixtures_dir().join("units");
+        let unit_dir = self.path("/usr/lib/systemd/system");
+        for entry in std::fs::read_dir(&units).expect("fixture units") {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), unit_dir.join(entry.file_name())).expect("copy a unit");
+        }
+        let bin = self.path("/usr/local/libexec/berth-standin");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(standin, &bin).expect("copy the stand-in");
+        for name in STANDINS {
+            let link = self.path("/usr/bin").join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink("/usr/local/libexec/berth-standin", &link).unwrap();
+        }
+        append(
+            &self.path("/etc/passwd"),
+            "kube:x:996:994:Kubernetes user:/:/sbin/nologin\n\
+             etcd:x:995:993:etcd user:/var/lib/etcd:/sbin/nologin\n",
+        );
+        append(
+            &self.path("/etc/group"),
+            "kube:x:994:\netcd:x:993:\ndocker:x:992:\n",
+        );
+        let etcd_dir = self.path("/var/lib/etcd");
+        std::fs::create_dir_all(&etcd_dir).unwrap();
+        chown(&etcd_dir, 995, 993);
+        let log_dir = self.root().join(STANDIN_LOG_DIR);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        // The kube-* daemons run as `kube`, etcd as `etcd`: all of them record here.
+        set_mode(&log_dir, 0o1777);
+    }
+
+    /// Boot (or boot again, after the container rebooted or was stopped) and wait until systemd
+    /// reports the system running.
+    pub fn boot(&mut self) {
+        assert!(self.nspawn.is_none(), "container already running");
+        let bus = self.dir.path().join("bus");
+        let _ = std::fs::remove_file(bus.join("system_bus_socket"));
+        self.boots += 1;
+        let console =
+            std::fs::File::create(self.dir.path().join(format!("console-{}.log", self.boots)))
+                .unwrap();
+        let child = Command::new("systemd-nspawn")
+            .args([
+                "--quiet",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+            ])
+            .arg("--directory")
+            .arg(self.root())
+            .arg(format!("--bind={}:/run/dbus", bus.display()))
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .expect("start systemd-nspawn (apt-get install systemd-container)");
+        let nspawn_pid = child.id();
+        self.nspawn = Some(child);
+
+        let start = Instant::now();
+        let deadline = start + BOOT_TIMEOUT;
+        while self.pid1.is_none() {
+            self.pid1 = container_init(nspawn_pid);
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "container PID 1 did not appear\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while !bus.join("system_bus_socket").exists() {
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "container's system bus did not appear\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = self.exec(&["systemctl", "is-system-running", "--wait"]);
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            state == "running" || state == "degraded",
+            "container did not come up: is-system-running = {state}\n{}",
+            self.console()
+        );
+        eprintln!("container booted in {:?} ({state})", start.elapsed());
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(child) = self.nspawn.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "systemd-nspawn exited during boot: {status}\n{}",
+                    self.console()
+                );
+            }
+        }
+    }
+
+    /// What the container printed on its console during the current boot.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("console-{}.log", self.boots)))
+            .unwrap_or_default()
+    }
+
+    /// Run a command inside the container (its mount, PID, UTS, IPC and network namespaces).
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        let pid1 = self.pid1.expect("container is booted");
+        Command::new("nsenter")
+            .arg("--target")
+            .arg(pid1.to_string())
+            .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--"])
+            .args(argv)
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// `systemctl ARGS` inside the container; stdout, trimmed.
+    pub fn systemctl(&self, args: &[&str]) -> String {
+        let mut argv = vec!["systemctl"];
+        argv.extend_from_slice(args);
+        let out = self.exec(&argv);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Each start of the stand-in `name` so far: the arguments it was given.
+    pub fn standin_starts(&self, name: &str) -> Vec<Vec<String>> {
+        let path = self
+            .root()
+            .join(STANDIN_LOG_DIR)
+            .join(format!("{name}.args"));
+        match std::fs::read_to_string(&path) {
+            Err(_) => Vec::new(),
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("stand-in log line is a JSON array"))
+                .collect(),
+        }
+    }
+
+    /// The starts of `name` once there are at least `n` of them. systemd reports a `Type=simple`
+    /// start `done` as soon as it forked, a moment before the stand-in has written its line.
+    pub fn wait_standin_starts(&self, name: &str, n: usize) -> Vec<Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let starts = self.standin_starts(name);
+            if starts.len() >= n || Instant::now() > deadline {
+                return starts;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the container to stop by itself (it rebooted or powered off); nspawn exits then.
+    pub fn wait_stopped(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.nspawn.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nspawn = None;
+                self.pid1 = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the container: SIGTERM to nspawn (a clean shutdown), SIGKILL to its PID 1 and to
+    /// nspawn if that takes too long.
+    pub fn shutdown(&mut self) {
+        let Some(mut child) = self.nspawn.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                if let Some(pid1) = self.pid1 {
+                    // SAFETY: the container's init, found through our child's /proc entry;
+                    // killing a PID namespace's init ends every process in it.
+                    unsafe { libc::kill(pid1 as libc::pid_t, libc::SIGKILL) };
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.pid1 = None;
+    }
+}
+
+impl Default for Container {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The container's PID 1: nspawn is a child subreaper, so it is nspawn's (only) child.
+fn container_init(nspawn_pid: u32) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children")).ok()?;
+    for pid in text.split_whitespace() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "systemd" {
+            return pid.parse().ok();
+        }
+    }
+    None
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}

@@ -190,7 +190,7 @@ async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
                         instance_id: r.instance_id.clone(),
                         node: r.node.clone(),
                         role: r.role,
-                        profile: String::new(),
+                        profile: r.profile.clone(),
                         files: r.files.clone(),
                         reload: r.reload,
                         units: r.units.clone(),

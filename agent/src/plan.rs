@@ -253,7 +253,7 @@ fn desired_files(inputs: &Inputs<'_>, current: &HostFiles) -> Result<Vec<Desired
         cluster => config.cluster,
         kubernetes => context! {
             log_level => config.kubernetes.log_level,
-            allow_privileged => config.kubernetes.allow_privileged,
+            allow_privileged => if config.kubernetes.allow_privileged { "true" } else { "false" },
             service_cidr => config.kubernetes.service_cidr,
         },
     };

@@ -1,1 +1,7 @@
-//! placeholder
+//! The end-to-end harness: the real binaries against berth-sim, moto, systemd in a container,
+//! and libostree, each started and stopped (by PID) by the test that needs it.
+
+pub mod agent;
+pub mod nspawn;
+pub mod dbus;
+pub mod rpmostree_double;

@@ -14,7 +14,9 @@ pub mod systemd;
 use std::fmt;
 
 /// One operation on a systemd unit, in the vocabulary of `systemctl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitOp {
     Enable,

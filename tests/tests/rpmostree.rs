@@ -1,0 +1,232 @@
+//! The agent's rpm-ostree client against a double of rpm-ostree's daemon that serves the real
+//! D-Bus interface on a real, private `dbus-daemon` (see `berth_e2e::rpmostree_double`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_agent::host::dbus::{DbusAddresses, DbusHost};
+use berth_agent::host::rpmostree::{RpmOstree, RpmOstreeError};
+use berth_agent::host::{Host, UpgradeOutcome};
+use berth_e2e::dbus::PrivateBus;
+use berth_e2e::rpmostree_double::{read_record, simulate_reboot, Double, Scenario, State};
+
+const DOUBLE: &str = env!("CARGO_BIN_EXE_rpm-ostree-double");
+
+fn double(bus: &PrivateBus, scenario: Scenario, state: Option<&State>) -> Double {
+    Double::start(
+        Path::new(DOUBLE),
+        bus.address(),
+        &bus.dir(),
+        scenario,
+        state,
+    )
+}
+
+async fn client(bus: &PrivateBus) -> RpmOstree {
+    RpmOstree::connect(bus.address()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_available_stages_once_and_after_the_reboot_there_is_none() {
+    let bus = PrivateBus::start();
+    let initial = State::fedora_atomic_21(true);
+    let d = double(&bus, Scenario::Normal, Some(&initial));
+
+    let outcome = client(&bus)
+        .await
+        .upgrade(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        UpgradeOutcome::Staged {
+            from: initial.booted.checksum.clone(),
+            to: initial.remote.checksum.clone()
+        }
+    );
+    assert_eq!(d.state().staged.as_ref(), Some(&initial.remote));
+    let record = read_record(&d.record_file);
+    let names: Vec<_> = record.iter().map(|c| c.call.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "RegisterClient",
+            "Upgrade",
+            "Start",
+            "Reload",
+            "UnregisterClient"
+        ]
+    );
+    assert_eq!(record[0].args["id"], "berth-agent");
+    // The agent reboots through logind itself, after recording its phase.
+    assert_eq!(record[1].args["reboot"], false);
+
+    // Upgrading again before the reboot stages nothing new: the default deployment is already
+    // the remote's newest.
+    let again = client(&bus)
+        .await
+        .upgrade(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(again, UpgradeOutcome::NoUpgrade);
+
+    // The host reboots into the staged deployment; the daemon starts afresh.
+    drop(d);
+    simulate_reboot(&bus.dir().join("rpmostree-state.json"));
+    let d = double(&bus, Scenario::Normal, None);
+    assert_eq!(d.state().booted, initial.remote);
+    let after = client(&bus)
+        .await
+        .upgrade(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(after, UpgradeOutcome::NoUpgrade);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upgrade_available_through_the_dbus_host() {
+    let bus = PrivateBus::start();
+    let initial = State::fedora_atomic_21(false);
+    let d = double(&bus, Scenario::Normal, Some(&initial));
+    // systemd's bus and rpm-ostree's may differ; here the double's bus serves as both.
+    let mut host = DbusHost::connect(&DbusAddresses {
+        system: Some(bus.address().to_string()),
+        rpmostree: Some(bus.address().to_string()),
+    })
+    .await
+    .unwrap();
+    assert_eq!(host.upgrade_os().await.unwrap(), UpgradeOutcome::NoUpgrade);
+    assert_eq!(d.state(), initial, "nothing staged");
+    assert!(d.calls().contains(&"Start".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transaction_is_a_clear_error_and_stages_nothing() {
+    let bus = PrivateBus::start();
+    let initial = State::fedora_atomic_21(true);
+    let d = double(&bus, Scenario::Fail, Some(&initial));
+    let err = client(&bus)
+        .await
+        .upgrade(std::future::pending())
+        .await
+        .unwrap_err();
+    match &err {
+        RpmOstreeError::Failed { message } => assert!(message.contains("HTTP 404"), "{message}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.starts_with("rpm-ostree upgrade failed: While pulling"),
+        "{text}"
+    );
+    assert!(text.contains("journalctl -u rpm-ostreed"), "{text}");
+    assert_eq!(d.state(), initial);
+    // Through the Host, the same error reaches the run loop, which must not reboot.
+    let mut host = DbusHost::connect(&DbusAddresses {
+        system: Some(bus.address().to_string()),
+        rpmostree: None,
+    })
+    .await
+    .unwrap();
+    let err = host.upgrade_os().await.unwrap_err();
+    assert!(err.message.contains("HTTP 404"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_vanishing_mid_transaction_fails_promptly() {
+    let bus = PrivateBus::start();
+    let mut d = double(&bus, Scenario::Vanish, Some(&State::fedora_atomic_21(true)));
+    let started = Instant::now();
+    let err = client(&bus)
+        .await
+        .with_transaction_timeout(Duration::from_secs(60))
+        .upgrade(std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RpmOstreeError::DaemonVanished | RpmOstreeError::TransactionLost
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.to_string().contains("journalctl -u rpm-ostreed"),
+        "{err}"
+    );
+    assert!(d.exited());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_client_cancels_the_transaction() {
+    let bus = PrivateBus::start();
+    let d = double(&bus, Scenario::Hang, Some(&State::fedora_atomic_21(true)));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut host = DbusHost::connect(&DbusAddresses {
+        system: Some(bus.address().to_string()),
+        rpmostree: None,
+    })
+    .await
+    .unwrap()
+    .with_interrupt(rx);
+    let upgrade = tokio::spawn(async move { host.upgrade_os().await });
+    assert!(d.wait_for_call("Start", Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(true).unwrap(); // what the agent does on SIGTERM
+    let err = upgrade.await.unwrap().unwrap_err();
+    assert!(err.message.contains("interrupted"), "{err}");
+    assert!(
+        err.message.contains("the transaction was cancelled"),
+        "{err}"
+    );
+    assert!(d.calls().contains(&"Cancel".to_string()), "{:?}", d.calls());
+    assert_eq!(d.state().staged, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_upgrade_still_cancels_the_transaction() {
+    let bus = PrivateBus::start();
+    let d = double(&bus, Scenario::Hang, Some(&State::fedora_atomic_21(true)));
+    let rpm = client(&bus).await;
+    let abandoned =
+        tokio::time::timeout(Duration::from_secs(1), rpm.upgrade(std::future::pending())).await;
+    assert!(
+        abandoned.is_err(),
+        "the hanging transaction cannot have finished"
+    );
+    assert!(
+        d.wait_for_call("Cancel", Duration::from_secs(10)),
+        "{:?}",
+        d.calls()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_its_deadline_is_cancelled() {
+    let bus = PrivateBus::start();
+    let d = double(&bus, Scenario::Hang, Some(&State::fedora_atomic_21(true)));
+    let started = Instant::now();
+    let err = client(&bus)
+        .await
+        .with_transaction_timeout(Duration::from_secs(1))
+        .upgrade(std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RpmOstreeError::Timeout {
+                cancelled: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(d.calls().contains(&"Cancel".to_string()));
+}

@@ -132,15 +132,28 @@ impl Imds {
             return None;
         }
         let c = self.region.role_credentials(&self.instance_id)?;
-        let doc = serde_json::json!({
-            "Code": "Success",
-            "LastUpdated": rfc3339(c.last_updated),
-            "Type": "AWS-HMAC",
-            "AccessKeyId": c.access_key_id,
-            "SecretAccessKey": c.secret_access_key,
-            "Token": c.token,
-            "Expiration": rfc3339(c.expiration),
-        });
+        // A struct, not a map, so the keys come in the order IMDS writes them.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Doc {
+            code: &'static str,
+            last_updated: String,
+            #[serde(rename = "Type")]
+            kind: &'static str,
+            access_key_id: String,
+            secret_access_key: String,
+            token: String,
+            expiration: String,
+        }
+        let doc = Doc {
+            code: "Success",
+            last_updated: rfc3339(c.last_updated),
+            kind: "AWS-HMAC",
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            token: c.token,
+            expiration: rfc3339(c.expiration),
+        };
         Some(serde_json::to_string_pretty(&doc).unwrap_or_default())
     }
 

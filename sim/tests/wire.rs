@@ -1210,3 +1210,24 @@ async fn launch_goes_pending_then_running_with_its_own_imds() {
         .is_err());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn imds_listens_on_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIP imds_listens_on_ipv6_loopback: this host has no IPv6 loopback");
+        assert!(std::env::var_os("CI").is_none(), "CI hosts must have ::1");
+        return;
+    }
+    let mut spec = ClusterSpec::seed();
+    spec.instances[0].imds_listen = Some("[::1]:0".parse().unwrap());
+    let sim = Sim::start(spec).await.unwrap();
+    let url = sim.imds_url("fed-master").unwrap();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let addr = sim.imds_addr("fed-master").unwrap();
+    let t = token(addr).await;
+    assert_eq!(
+        get(addr, &t, "/latest/meta-data/instance-id").await.body,
+        "i-0a1b2c3d4e5f60001"
+    );
+    sim.shutdown().await;
+}

@@ -302,12 +302,17 @@ pub struct AwsError {
 
 /// Parses `<Response><Errors><Error><Code>..</Code><Message>..</Message></Error></Errors>
 /// <RequestID>..</RequestID></Response>` (and the `<ErrorResponse><Error>` shape some AWS query
-/// services use). The first error is returned.
+/// services use, and `<ErrorResponse><Errors><Error>`, which moto answers for EC2 requests its
+/// signature or IAM policy check refuses). The first error is returned.
 pub fn parse_error(xml: &str) -> Result<AwsError, XmlError> {
     let root = parse_document(xml)?;
     let (error, at) = match root.name.as_str() {
         "Response" => (root.at(&["Errors", "Error"]), "Response/Errors/Error"),
-        "ErrorResponse" => (root.child("Error"), "ErrorResponse/Error"),
+        "ErrorResponse" => match (root.child("Error"), root.at(&["Errors", "Error"])) {
+            (Some(e), _) => (Some(e), "ErrorResponse/Error"),
+            (None, Some(e)) => (Some(e), "ErrorResponse/Errors/Error"),
+            (None, None) => (None, "ErrorResponse/Error or ErrorResponse/Errors/Error"),
+        },
         _ => {
             return Err(XmlError::UnexpectedRoot {
                 expected: "Response".into(),
@@ -423,6 +428,27 @@ mod tests {
         assert_eq!(e.code, "RequestLimitExceeded");
         assert_eq!(e.message, "Request limit exceeded.");
         assert_eq!(e.request_id.as_deref(), Some("abc-123"));
+    }
+
+    #[test]
+    fn parses_motos_auth_failure_shape() {
+        // Byte for byte what moto 5.2 answers (HTTP 401) to an EC2 request with a bad signature.
+        let xml = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<ErrorResponse><Errors><Error>\
+                   <Code>AuthFailure</Code><Message>AWS was not able to validate the provided \
+                   access credentials</Message><Type>Sender</Type></Error></Errors></ErrorResponse>";
+        let e = parse_error(xml).unwrap();
+        assert_eq!(e.code, "AuthFailure");
+        assert!(e.message.starts_with("AWS was not able"), "{}", e.message);
+        assert_eq!(e.request_id, None);
+        let e =
+            parse_error("<ErrorResponse><Error><Code>Throttling</Code></Error></ErrorResponse>")
+                .unwrap();
+        assert_eq!(e.code, "Throttling");
+        let err = parse_error("<ErrorResponse><Errors/></ErrorResponse>").unwrap_err();
+        assert!(
+            err.to_string().contains("ErrorResponse/Errors/Error"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1231,3 +1231,85 @@ async fn imds_listens_on_ipv6_loopback() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn sigv4_signed_get_with_query_string() {
+    let sim = Sim::start(ClusterSpec::seed()).await.unwrap();
+    let addr = sim.ec2_addr();
+    let creds = role_credentials(&sim, "fed-minion").await;
+    let query = "Action=DescribeInstances&Version=2016-11-15&Filter.1.Name=tag%3AName&Filter.1.Value.1=fed-mi%2A";
+    let identity: Identity = creds.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("ec2")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let host = addr.to_string();
+    let uri = format!("http://{addr}/?{query}");
+    let signable = SignableRequest::new(
+        "GET",
+        &uri,
+        [("host", host.as_str())].into_iter(),
+        SignableBody::Bytes(&[]),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut req = format!("GET /?{query} HTTP/1.1\r\nHost: {host}\r\n");
+    for (n, v) in instructions.headers() {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let r = raw(addr, req.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The filter value was decoded: `fed-mi*` is the minion only.
+    assert_eq!(
+        values(&xml_paths(&r.body), &format!("{INSTANCE}/instanceId")),
+        ["i-0a1b2c3d4e5f60002"]
+    );
+    // Changing one query value after signing breaks the signature.
+    let tampered = req.replacen("fed-mi%2A", "fed%2A", 1);
+    let r = raw(addr, tampered.as_bytes()).await.unwrap();
+    assert_eq!(
+        (r.status, error_code(&r.body).as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_pipelining_and_malformed_requests() {
+    let sim = Sim::start(ClusterSpec::seed()).await.unwrap();
+    let addr = sim.imds_addr("fed-master").unwrap();
+    // Two requests in one write: two answers, in order, on the same connection.
+    let two = "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\nGET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    r.get_mut().write_all(two.as_bytes()).await.unwrap();
+    assert_eq!(read_reply(&mut r).await.unwrap().status, 200);
+    assert_eq!(read_reply(&mut r).await.unwrap().status, 401);
+
+    for (request, status) in [
+        ("NONSENSE\r\n\r\n", 400),
+        ("GET / HTTP/2.0\r\n\r\n", 505),
+        ("GET / HTTP/1.1\r\nbroken header\r\n\r\n", 400),
+        ("PUT / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
+        ("PUT / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        ("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+    ] {
+        let reply = raw(addr, request.as_bytes()).await.expect("an answer");
+        assert_eq!(reply.status, status, "{request:?}");
+        assert_eq!(reply.header("Connection"), Some("close"));
+    }
+    // HTTP/1.0 without keep-alive is answered and closed.
+    let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut r).await.unwrap().status, 401);
+    assert!(read_reply(&mut r).await.is_none());
+    sim.shutdown().await;
+}

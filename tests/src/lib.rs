@@ -5,3 +5,4 @@ pub mod agent;
 pub mod nspawn;
 pub mod dbus;
 pub mod rpmostree_double;
+pub mod moto;

@@ -178,6 +178,10 @@ pub struct InstanceSpec {
     /// Where this instance's IMDS listens; 127.0.0.1 on any free port by default.
     #[serde(default)]
     pub imds_listen: Option<SocketAddr>,
+    /// Instances with the same label share one reservation, as instances launched by one
+    /// RunInstances call do; by default each instance has its own.
+    #[serde(default)]
+    pub reservation: Option<String>,
 }
 
 impl InstanceSpec {

@@ -330,8 +330,27 @@ impl Ec2 {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstancesResponse xmlns=\"{XMLNS}\">\n    <requestId>{}</requestId>\n    <reservationSet>",
             request_id()
         );
+        // Instances of one reservation share one reservationSet item, in page order.
+        let mut reservations: Vec<(&str, Vec<&Instance>)> = Vec::new();
         for inst in page {
-            self.write_reservation(&mut x, inst);
+            match reservations
+                .iter_mut()
+                .find(|(r, _)| *r == inst.reservation_id)
+            {
+                Some((_, members)) => members.push(inst),
+                None => reservations.push((&inst.reservation_id, vec![inst])),
+            }
+        }
+        for (reservation_id, members) in reservations {
+            let _ = write!(
+                x,
+                "\n        <item>\n            <reservationId>{reservation_id}</reservationId>\n            <ownerId>{}</ownerId>\n            <groupSet/>\n            <instancesSet>",
+                self.region.account_id
+            );
+            for inst in members {
+                self.write_instance(&mut x, inst, inst.launch_index(&w.instances));
+            }
+            x.push_str("\n            </instancesSet>\n        </item>");
         }
         x.push_str("\n    </reservationSet>");
         if let Some(t) = next {
@@ -341,7 +360,7 @@ impl Ec2 {
         Ok(x)
     }
 
-    fn write_reservation(&self, x: &mut String, i: &Instance) {
+    fn write_instance(&self, x: &mut String, i: &Instance, launch_index: usize) {
         let r = &self.region;
         let e = escape;
         let mut groups = String::new();
@@ -353,11 +372,7 @@ impl Ec2 {
                 e(&g.name)
             );
         }
-        let _ = write!(
-            x,
-            "\n        <item>\n            <reservationId>{}</reservationId>\n            <ownerId>{}</ownerId>\n            <groupSet/>\n            <instancesSet>\n                <item>",
-            i.reservation_id, r.account_id
-        );
+        x.push_str("\n                <item>");
         let mut f = |name: &str, value: &str| {
             if value.is_empty() {
                 let _ = write!(x, "\n                    <{name}/>");
@@ -386,7 +401,7 @@ impl Ec2 {
         );
         f("dnsName", "");
         f("reason", "");
-        f("amiLaunchIndex", "0");
+        f("amiLaunchIndex", &launch_index.to_string());
         f("productCodes", "");
         f("instanceType", &e(&i.instance_type));
         f("launchTime", &rfc3339_millis(i.launch_time));
@@ -442,7 +457,7 @@ impl Ec2 {
                 if i.imds_tags { "enabled" } else { "disabled" }
             ),
         );
-        x.push_str("\n                </item>\n            </instancesSet>\n        </item>");
+        x.push_str("\n                </item>");
     }
 
     fn describe_tags(&self, d: &Describe) -> Result<String, ApiError> {

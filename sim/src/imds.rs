@@ -112,7 +112,7 @@ impl Imds {
                 w.instances
                     .iter()
                     .find(|i| i.id == self.instance_id)
-                    .and_then(|inst| self.lookup(inst, &rest))
+                    .and_then(|inst| self.lookup(inst, inst.launch_index(&w.instances), &rest))
             }
         };
         match node {
@@ -157,7 +157,7 @@ impl Imds {
         Some(serde_json::to_string_pretty(&doc).unwrap_or_default())
     }
 
-    fn lookup(&self, inst: &Instance, path: &[&str]) -> Option<Node> {
+    fn lookup(&self, inst: &Instance, launch_index: usize, path: &[&str]) -> Option<Node> {
         let r = &self.region;
         let leaf = |s: &str| Some(Node::Leaf(s.to_string()));
         let dir = |v: &[&str]| Some(Node::Dir(v.iter().map(|s| s.to_string()).collect()));
@@ -194,12 +194,12 @@ impl Imds {
                     serde_json::to_string_pretty(&doc).unwrap_or_default(),
                 ))
             }
-            ["meta-data", rest @ ..] => self.meta_data(inst, rest),
+            ["meta-data", rest @ ..] => self.meta_data(inst, launch_index, rest),
             _ => None,
         }
     }
 
-    fn meta_data(&self, inst: &Instance, path: &[&str]) -> Option<Node> {
+    fn meta_data(&self, inst: &Instance, launch_index: usize, path: &[&str]) -> Option<Node> {
         let r = &self.region;
         let leaf = |s: String| Some(Node::Leaf(s));
         let dir = |v: &[&str]| Some(Node::Dir(v.iter().map(|s| s.to_string()).collect()));
@@ -240,7 +240,7 @@ impl Imds {
                 dir(&v)
             }
             ["ami-id"] => leaf(inst.image_id.clone()),
-            ["ami-launch-index"] => leaf("0".into()),
+            ["ami-launch-index"] => leaf(launch_index.to_string()),
             ["hostname"] | ["local-hostname"] => leaf(inst.private_dns_name.clone()),
             ["instance-id"] => leaf(inst.id.clone()),
             ["instance-type"] => leaf(inst.instance_type.clone()),

@@ -8,6 +8,23 @@
 //! so a bug in the client is not mirrored in the server.
 //!
 //! Not for: production, any network but loopback, or the EC2 APIs berth does not call.
+//!
+//! ```no_run
+//! use berth_sim::{ClusterSpec, Sim, Target};
+//! # async fn demo() -> std::io::Result<()> {
+//! let spec = ClusterSpec::seed();
+//! let sim = Sim::start(spec.clone()).await?;
+//! let imds = sim.imds_url("fed-master").unwrap(); // http://127.0.0.1:PORT/
+//! let ec2 = sim.ec2_url();
+//! sim.faults(Target::Ec2).throttle_next(2); // the next two EC2 calls get RequestLimitExceeded
+//! let id = sim.launch(spec.not_launched("fed-minion-2").unwrap()).await?;
+//! sim.set_state("fed-minion", "stopped");
+//! assert!(sim.requests().iter().all(|r| r.status != 500));
+//! sim.shutdown().await;
+//! # let _ = (imds, ec2, id);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cluster;
 mod ec2;

@@ -72,6 +72,14 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
+    /// Position within its reservation (`amiLaunchIndex`).
+    pub fn launch_index(&self, all: &[Instance]) -> usize {
+        all.iter()
+            .filter(|i| i.reservation_id == self.reservation_id)
+            .position(|i| i.id == self.id)
+            .unwrap_or(0)
+    }
+
     pub fn state(&self) -> &str {
         &self.state
     }
@@ -240,7 +248,10 @@ impl Region {
             w.keys.insert(c.access_key_id.clone(), key_of(c));
         }
         w.instances.push(Instance {
-            reservation_id: derived_id("r", &format!("reservation/{id}")),
+            reservation_id: match &spec.reservation {
+                Some(label) => derived_id("r", &format!("{}/reservation/{label}", self.region)),
+                None => derived_id("r", &format!("reservation/{id}")),
+            },
             eni_id: derived_id("eni", &format!("eni/{id}")),
             image_id: spec
                 .image_id

@@ -1313,3 +1313,42 @@ async fn http_pipelining_and_malformed_requests() {
     assert!(read_reply(&mut r).await.is_none());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_reservation_holds_several_instances() {
+    let mut spec = unsigned_seed();
+    let mut a = InstanceSpec::new("minion-a", "172.30.0.50".parse().unwrap());
+    a.reservation = Some("batch".into());
+    let mut b = InstanceSpec::new("minion-b", "172.30.0.51".parse().unwrap());
+    b.reservation = Some("batch".into());
+    spec.instances.extend([a, b]);
+    let sim = Sim::start(spec).await.unwrap();
+    let r = ec2_post(
+        sim.ec2_addr(),
+        "Action=DescribeInstances&Version=2016-11-15",
+    )
+    .await;
+    let p = xml_paths(&r.body);
+    let reservations = values(
+        &p,
+        "DescribeInstancesResponse/reservationSet/item/reservationId",
+    );
+    assert_eq!(reservations.len(), 3, "two single ones and the batch");
+    assert_eq!(values(&p, &format!("{INSTANCE}/instanceId")).len(), 4);
+    assert_eq!(
+        values(&p, &format!("{INSTANCE}/amiLaunchIndex")),
+        ["0", "0", "0", "1"]
+    );
+    // The batch's two instances sit in the last reservation item.
+    let last = r.body.rfind("<reservationId>").unwrap();
+    assert_eq!(r.body[last..].matches("<instanceId>").count(), 2);
+    let addr = sim.imds_addr("minion-b").unwrap();
+    let t = token(addr).await;
+    assert_eq!(
+        get(addr, &t, "/latest/meta-data/ami-launch-index")
+            .await
+            .body,
+        "1"
+    );
+    sim.shutdown().await;
+}

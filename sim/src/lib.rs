@@ -235,7 +235,7 @@ impl Sim {
         Faults { state }
     }
 
-    /// Every request read so far, in order.
+    /// Every request read so far, in order (the latest 100 000).
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.log.snapshot()
     }

@@ -1,6 +1,7 @@
 //! The request log tests read: one record per request any listener of the region read,
 //! never carrying a secret, a token or a signature value.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -41,23 +42,27 @@ pub struct RequestRecord {
     pub signed: bool,
 }
 
+/// Records kept; older ones are dropped. A test makes at most a few thousand requests, while a
+/// demo left running for a day with agents polling would otherwise grow without bound
+/// (about 200 bytes a record: this caps the log near 20 MB).
+const MAX_RECORDS: usize = 100_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct RequestLog {
-    records: Mutex<Vec<RequestRecord>>,
+    records: Mutex<VecDeque<RequestRecord>>,
 }
 
 impl RequestLog {
     pub(crate) fn push(&self, record: RequestRecord) {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if records.len() == MAX_RECORDS {
+            records.pop_front();
+        }
+        records.push_back(record);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<RequestRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.iter().cloned().collect()
     }
 }

@@ -167,6 +167,7 @@ impl Ctx {
                 Ok(ReadOutcome::Bad(status, why)) => {
                     let resp = Response::text(status, why);
                     let _ = reader.get_mut().write_all(&serialize(&resp, false)).await;
+                    lingering_close(reader).await;
                     return;
                 }
                 Err(_) => return,
@@ -230,13 +231,35 @@ impl Ctx {
     }
 }
 
+/// Close after refusing a request whose rest is still arriving: closing with unread input
+/// sends a RST that can destroy the answer before the client reads it, so the input is
+/// drained (briefly, and only so much) after our side is shut down.
+async fn lingering_close(mut reader: BufReader<TcpStream>) {
+    /// Enough for a client to notice the answer; bounded so a refused client cannot hold the
+    /// task.
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+    const DRAIN_BYTES: u64 = 4 * 1024 * 1024;
+    let _ = reader.get_mut().shutdown().await;
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        LINGER,
+        tokio::io::copy(&mut (&mut reader).take(DRAIN_BYTES), &mut sink),
+    )
+    .await;
+}
+
 async fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<ReadOutcome> {
     let mut head = Vec::new();
     // Request line and headers, up to the empty line.
     let mut lines: Vec<String> = Vec::new();
     loop {
         let mut line = Vec::new();
-        let n = reader.read_until(b'\n', &mut line).await?;
+        // Bounded, so a client that never sends a newline cannot grow the buffer forever.
+        let room = (MAX_HEAD_BYTES + 1).saturating_sub(head.len()) as u64;
+        let n = (&mut *reader)
+            .take(room)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Ok(if head.is_empty() {
                 ReadOutcome::Closed

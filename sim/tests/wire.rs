@@ -1352,3 +1352,13 @@ async fn one_reservation_holds_several_instances() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn oversized_request_head_is_refused() {
+    let sim = Sim::start(ClusterSpec::seed()).await.unwrap();
+    let addr = sim.imds_addr("fed-master").unwrap();
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(70 * 1024));
+    let reply = raw(addr, long.as_bytes()).await.expect("an answer");
+    assert_eq!(reply.status, 431);
+    sim.shutdown().await;
+}

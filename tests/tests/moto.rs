@@ -87,12 +87,25 @@ fn expected(moto: &Moto) -> Vec<(String, String, String, String)> {
 
 fn keep(_: &mut CredentialsSpec) {}
 
+/// moto, set up; meanwhile the agent binary is brought up to date (both take seconds).
+fn start() -> Option<Moto> {
+    let t = Instant::now();
+    let build = std::thread::spawn(move || {
+        bin("berth-agent");
+        t.elapsed()
+    });
+    let moto = Moto::start_or_skip();
+    let moto_took = t.elapsed();
+    let build_took = build.join().expect("building berth-agent");
+    eprintln!("moto ready after {moto_took:?}, berth-agent up to date after {build_took:?}");
+    moto
+}
+
 #[test]
 fn signed_describe_instances_yields_exactly_the_groups_running_peers() {
-    let Some(moto) = Moto::start_or_skip() else {
+    let Some(moto) = start() else {
         return;
     };
-    eprintln!("moto up and set up in {:?}", moto.startup);
     // The world really holds the instances that must be left out, so leaving them out is the
     // agent's (and moto's filters') doing.
     let w = &moto.world;
@@ -152,7 +165,7 @@ fn signed_describe_instances_yields_exactly_the_groups_running_peers() {
 
 #[test]
 fn moto_rejects_a_wrong_secret_key_or_session_token() {
-    let Some(moto) = Moto::start_or_skip() else {
+    let Some(moto) = start() else {
         return;
     };
     // The right key, against the same moto: accepted. So a refusal below is the key's doing.
@@ -207,7 +220,7 @@ fn moto_rejects_a_wrong_secret_key_or_session_token() {
 
 #[test]
 fn imds_tags_off_uses_signed_describe_tags_that_the_policy_must_allow() {
-    let Some(moto) = Moto::start_or_skip() else {
+    let Some(moto) = start() else {
         return;
     };
     let tags_off = |role: &str| {
@@ -247,4 +260,89 @@ fn imds_tags_off_uses_signed_describe_tags_that_the_policy_must_allow() {
         "stderr must carry moto's refusal of ec2:DescribeTags:\n{err}"
     );
     assert!(err.contains("DescribeTags"), "{err}");
+}
+
+/// berth-ec2's client against moto directly: moto's own filtering of the filters discovery sends
+/// (the agent filters again, which could hide a filter moto reads differently), and paging,
+/// which moto counts in reservations.
+#[test]
+fn moto_honours_discoverys_filters_and_pages_by_reservation() {
+    let Some(moto) = Moto::start_or_skip() else {
+        return;
+    };
+    let w = &moto.world;
+    let master = w.instance("fed-master");
+    let c = &w.credentials["berth-node"];
+    let creds = berth_ec2::Credentials {
+        access_key_id: c.access_key_id.clone(),
+        secret_access_key: c.secret_access_key.clone(),
+        session_token: Some(c.session_token.clone()),
+        expiration: None,
+    };
+    let me = berth_ec2::Identity {
+        instance_id: master.instance_id.clone(),
+        region: w.region.clone(),
+        availability_zone: format!("{}a", w.region),
+        private_ipv4: master.private_ip.to_string(),
+        private_dns_name: master.private_dns_name.clone(),
+        mac: "0e:00:00:00:00:01".into(),
+        vpc_id: w.vpc_id.clone(),
+        subnet_id: w.subnet_id.clone(),
+        security_group_ids: vec![master.security_group.clone()],
+    };
+    let config = berth_agent::config::Config {
+        cluster: Some("seed".into()),
+        ..Default::default()
+    };
+    let filters = berth_agent::discovery::filters(&me, &config);
+    let client = berth_ec2::Ec2Client::new(
+        moto.url.parse().unwrap(),
+        w.region.clone(),
+        berth_ec2::RetryPolicy::ec2_discovery(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let found = rt
+        .block_on(client.describe_instances_pages(&creds, &filters))
+        .unwrap_or_else(|e| panic!("{e}\n--- moto's log\n{}", moto.log()));
+    let mut ids: Vec<_> = found.items.iter().map(|i| i.instance_id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<_> = expected(&moto).into_iter().map(|e| e.1).collect();
+    want.sort();
+    assert_eq!(ids, want, "moto's answer to discovery's filters");
+    assert_eq!(found.pages, 1);
+
+    // Five reservations a page (EC2's smallest MaxResults); six instances, one per reservation.
+    let mut pages = 0;
+    let mut all = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut params = vec![("MaxResults".to_string(), "5".to_string())];
+        if let Some(t) = &next {
+            params.push(("NextToken".into(), t.clone()));
+        }
+        let xml = rt
+            .block_on(client.call(&creds, "DescribeInstances", &params))
+            .unwrap_or_else(|e| panic!("page {}: {e}", pages + 1));
+        let page = berth_ec2::xml::parse_describe_instances(&xml)
+            .unwrap_or_else(|e| panic!("page {}: {e}\n{xml}", pages + 1));
+        pages += 1;
+        all.extend(page.instances.into_iter().map(|i| i.instance_id));
+        next = page.next_token;
+        if next.is_none() || pages > 10 {
+            break;
+        }
+    }
+    all.sort();
+    let mut every: Vec<_> = w
+        .instances
+        .values()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    every.sort();
+    assert_eq!(pages, 2, "six reservations at five a page");
+    assert_eq!(all, every);
 }

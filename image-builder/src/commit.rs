@@ -61,6 +61,8 @@ pub enum CommitError {
         "{path}: the base has a directory there; berth will not replace a directory with a file"
     )]
     ReplacesBaseDir { path: String },
+    #[error("base {base}: it has an SELinux policy in /usr/etc/selinux that libostree cannot load ({source}); new files would be unlabelled, so fix the base's policy")]
+    SePolicy { base: String, source: glib::Error },
     #[error("gpg: cannot sign commit {checksum} with key {key}: {source}")]
     Sign {
         checksum: String,
@@ -191,6 +193,11 @@ pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, Commi
         layer.agent_version,
         &base[..12.min(base.len())]
     );
+    let labeler =
+        Labeler::from_base(&repo, &base, &info.root).map_err(|source| CommitError::SePolicy {
+            base: req.base.clone(),
+            source,
+        })?;
 
     let write_err = |source| CommitError::Write {
         repo: req.repo.clone(),
@@ -198,7 +205,9 @@ pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, Commi
     };
     repo.prepare_transaction(gio::Cancellable::NONE)
         .map_err(write_err)?;
-    let result = write_in_transaction(&repo, req, layer, &base, &subject, &metadata, time);
+    let result = write_in_transaction(
+        &repo, req, layer, &base, &labeler, &subject, &metadata, time,
+    );
     match result {
         Ok(checksum) => {
             repo.transaction_set_ref(None, &req.new_ref, Some(&checksum));
@@ -227,6 +236,7 @@ fn write_in_transaction(
     req: &CommitRequest,
     layer: &Layer,
     base: &str,
+    labeler: &Labeler,
     subject: &str,
     metadata: &Variant,
     time: u64,
@@ -235,7 +245,6 @@ fn write_in_transaction(
         repo: req.repo.clone(),
         source,
     };
-    let labeler = Labeler::from_base(repo, base);
     let mtree = MutableTree::from_commit(repo, base).map_err(write_err)?;
     let mut dirmeta_cache = std::collections::HashMap::new();
 
@@ -249,12 +258,12 @@ fn write_in_transaction(
         for name in parents {
             sofar.push('/');
             sofar.push_str(name);
-            dir = ensure_dir(repo, &dir, name, &sofar, &labeler, &mut dirmeta_cache)
+            dir = ensure_dir(repo, &dir, name, &sofar, labeler, &mut dirmeta_cache)
                 .map_err(write_err)?;
         }
         match node {
             Node::Dir => {
-                ensure_dir(repo, &dir, leaf, path, &labeler, &mut dirmeta_cache)
+                ensure_dir(repo, &dir, leaf, path, labeler, &mut dirmeta_cache)
                     .map_err(write_err)?;
             }
             Node::File { data, mode } => {
@@ -368,36 +377,55 @@ fn ensure_dir(
 }
 
 /// Labels new objects the way the base's own SELinux policy would, so a
-/// Fedora host in enforcing mode can run the agent; a base without a policy
-/// gets no xattrs on new objects.
+/// host in enforcing mode can run the agent; a base without a policy gets no
+/// xattrs on new objects.
 struct Labeler {
     policy: Option<ostree::SePolicy>,
 }
 
+/// Where an OSTree OS keeps its SELinux configuration in a commit.
+const SELINUX_CONFIG: &str = "/usr/etc/selinux/config";
+
 impl Labeler {
-    fn from_base(repo: &Repo, base: &str) -> Self {
-        let policy = match ostree::SePolicy::from_commit(repo, base, gio::Cancellable::NONE) {
-            Ok(p) if p.name().is_some_and(|n| !n.is_empty()) => {
+    fn none() -> Self {
+        Labeler { policy: None }
+    }
+
+    /// Loads the base's policy when it has one. A base that has a policy we
+    /// cannot load is an error: its new files would be unlabelled, and an
+    /// enforcing host could not run the agent.
+    fn from_base(repo: &Repo, base: &str, root: &tree::Root) -> Result<Self, glib::Error> {
+        if tree::lookup(repo, root, SELINUX_CONFIG)? == Entry::Missing {
+            log::info!("base has no {SELINUX_CONFIG}: new files get no SELinux labels");
+            return Ok(Self::none());
+        }
+        let policy = ostree::SePolicy::from_commit(repo, base, gio::Cancellable::NONE)?;
+        match policy.name() {
+            Some(name) if !name.is_empty() => {
+                log::info!("labelling new files with the base's SELinux policy {name}");
+                Ok(Labeler {
+                    policy: Some(policy),
+                })
+            }
+            _ => {
                 log::info!(
-                    "labelling new files with the base's SELinux policy {}",
-                    p.name().unwrap_or_default()
+                    "base's {SELINUX_CONFIG} names no policy: new files get no SELinux labels"
                 );
-                Some(p)
+                Ok(Self::none())
             }
-            Ok(_) => None,
-            Err(e) => {
-                log::info!("base has no usable SELinux policy ({e}); new files get no labels");
-                None
-            }
-        };
-        Labeler { policy }
+        }
     }
 
     fn xattrs(&self, path: &str, mode: u32) -> Result<Option<Variant>, glib::Error> {
         let Some(policy) = &self.policy else {
             return Ok(None);
         };
-        let Some(label) = policy.label(path, mode, gio::Cancellable::NONE)? else {
+        // /usr/etc is deployed as /etc: label it as what the host will see.
+        let as_deployed = match path.strip_prefix("/usr/etc") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/etc{rest}"),
+            _ => path.to_owned(),
+        };
+        let Some(label) = policy.label(&as_deployed, mode, gio::Cancellable::NONE)? else {
             return Ok(None);
         };
         let mut value = label.as_bytes().to_vec();

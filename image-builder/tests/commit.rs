@@ -389,3 +389,77 @@ fn gpg_signed_commit_verifies_with_ostree() {
     ));
     assert!(text.contains("signed    1 GPG signature(s)"), "{text}");
 }
+
+#[test]
+fn new_files_get_the_base_selinux_policy_labels() {
+    let fx = fixture(50);
+    let tree = fx.path("selinux-base");
+    make_base_tree(&tree, 50);
+    add_selinux_policy(&tree, true);
+    commit_base(&fx.repo, &tree, "fedora/x86_64/selinux");
+    let out = berth_image(
+        &[
+            "commit",
+            "--repo",
+            fx.repo_str(),
+            "--base",
+            "fedora/x86_64/selinux",
+            "--ref",
+            NEW_REF,
+            "--agent",
+            fx.agent.to_str().unwrap(),
+            "--config",
+            fx.config.to_str().unwrap(),
+        ],
+        Some("1700000000"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let label = |path: &str| ostree(&["ls", "--repo", fx.repo_str(), "-X", "-d", NEW_REF, path]);
+    for (path, ty) in [
+        ("/usr/bin/berth-agent", "bin_t"),
+        (
+            "/usr/lib/systemd/system/berth-agent.service",
+            "systemd_unit_file_t",
+        ),
+        (
+            "/usr/lib/systemd/system/multi-user.target.wants/berth-agent.service",
+            "systemd_unit_file_t",
+        ),
+        ("/usr/lib/systemd/system-preset/50-berth.preset", "usr_t"),
+        // /usr/etc is labelled as the /etc it becomes on deploy.
+        ("/usr/etc/berth", "etc_t"),
+        ("/usr/etc/berth/config.yaml", "etc_t"),
+    ] {
+        let l = label(path);
+        assert!(
+            l.contains(&format!("b'security.selinux', b'system_u:object_r:{ty}:s0")),
+            "{path}: {l}"
+        );
+    }
+    let fsck = ostree(&["fsck", "--repo", fx.repo_str()]);
+    assert!(fsck.contains("no errors found"), "{fsck}");
+
+    // A base whose policy libostree cannot load is refused, not built unlabelled.
+    let broken = fx.path("broken-base");
+    make_base_tree(&broken, 50);
+    add_selinux_policy(&broken, false);
+    commit_base(&fx.repo, &broken, "fedora/x86_64/broken");
+    let before = fx.refs();
+    let out = berth_image(
+        &[
+            "commit",
+            "--repo",
+            fx.repo_str(),
+            "--base",
+            "fedora/x86_64/broken",
+            "--ref",
+            "berth/broken",
+            "--agent",
+            fx.agent.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SELinux policy"), "{}", stderr(&out));
+    assert_eq!(fx.refs(), before);
+}

@@ -240,3 +240,33 @@ pub fn fixture(nfiles: usize) -> Fixture {
         config,
     }
 }
+
+/// Gives the tree an SELinux policy the way an OSTree OS carries one, in
+/// `/usr/etc/selinux`: libselinux's file_contexts backend labels from it.
+/// `/etc` and `/usr` get different types so a test sees which path a file
+/// was labelled as.
+pub fn add_selinux_policy(root: &Path, file_contexts: bool) {
+    let dir = root.join("usr/etc/selinux/berthtest");
+    std::fs::create_dir_all(dir.join("contexts/files")).unwrap();
+    std::fs::create_dir_all(dir.join("policy")).unwrap();
+    std::fs::write(
+        root.join("usr/etc/selinux/config"),
+        b"SELINUX=enforcing\nSELINUXTYPE=berthtest\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("policy/policy.33"), b"not a real binary policy\n").unwrap();
+    if file_contexts {
+        std::fs::write(
+            dir.join("contexts/files/file_contexts"),
+            concat!(
+                "/\tsystem_u:object_r:root_t:s0\n",
+                "/.*\tsystem_u:object_r:default_t:s0\n",
+                "/usr(/.*)?\tsystem_u:object_r:usr_t:s0\n",
+                "/usr/bin(/.*)?\tsystem_u:object_r:bin_t:s0\n",
+                "/usr/lib/systemd/system(/.*)?\tsystem_u:object_r:systemd_unit_file_t:s0\n",
+                "/etc(/.*)?\tsystem_u:object_r:etc_t:s0\n",
+            ),
+        )
+        .unwrap();
+    }
+}

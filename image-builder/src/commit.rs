@@ -206,7 +206,16 @@ pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, Commi
     repo.prepare_transaction(gio::Cancellable::NONE)
         .map_err(write_err)?;
     let result = write_in_transaction(
-        &repo, req, layer, &base, &labeler, &subject, &metadata, time,
+        &repo,
+        req,
+        layer,
+        &labeler,
+        &CommitObject {
+            base: &base,
+            subject: &subject,
+            metadata: &metadata,
+            time,
+        },
     );
     match result {
         Ok(checksum) => {
@@ -231,16 +240,27 @@ pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, Commi
     }
 }
 
+/// The commit object's fields other than its root tree.
+struct CommitObject<'a> {
+    base: &'a str,
+    subject: &'a str,
+    metadata: &'a Variant,
+    time: u64,
+}
+
 fn write_in_transaction(
     repo: &Repo,
     req: &CommitRequest,
     layer: &Layer,
-    base: &str,
     labeler: &Labeler,
-    subject: &str,
-    metadata: &Variant,
-    time: u64,
+    obj: &CommitObject,
 ) -> Result<String, CommitError> {
+    let CommitObject {
+        base,
+        subject,
+        metadata,
+        time,
+    } = *obj;
     let write_err = |source| CommitError::Write {
         repo: req.repo.clone(),
         source,

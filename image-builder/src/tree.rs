@@ -88,6 +88,15 @@ fn load_dirtree(repo: &Repo, contents: &str) -> Result<DirTree, glib::Error> {
     Ok(t)
 }
 
+/// Finds `name` in a dirtree list; OSTree keeps them sorted by byte order
+/// (it refuses to load a dirtree that is not), so this is a binary search.
+fn find<'a, T>(entries: &'a [(String, T)], name: &str) -> Option<&'a T> {
+    entries
+        .binary_search_by(|(n, _)| n.as_str().cmp(name))
+        .ok()
+        .map(|i| &entries[i].1)
+}
+
 /// What a path is in a committed tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -113,7 +122,7 @@ pub fn lookup(repo: &Repo, root: &Root, path: &str) -> Result<Entry, glib::Error
     for (i, name) in comps.iter().enumerate() {
         let t = load_dirtree(repo, &dir.contents)?;
         let last = i + 1 == comps.len();
-        if let Some((_, c)) = t.files.iter().find(|(n, _)| n == name) {
+        if let Some(c) = find(&t.files, name) {
             return Ok(if last {
                 Entry::File(c.clone())
             } else {
@@ -122,8 +131,8 @@ pub fn lookup(repo: &Repo, root: &Root, path: &str) -> Result<Entry, glib::Error
                 }
             });
         }
-        match t.dirs.into_iter().find(|(n, _)| n == name) {
-            Some((_, r)) => dir = r,
+        match find(&t.dirs, name) {
+            Some(r) => dir = r.clone(),
             None => return Ok(Entry::Missing),
         }
     }
@@ -185,8 +194,8 @@ fn diff_into(
     let tb = load_dirtree(repo, &b.contents)?;
     for (name, ca) in &ta.files {
         let path = format!("{prefix}/{name}");
-        match tb.files.iter().find(|(n, _)| n == name) {
-            Some((_, cb)) if cb == ca => {}
+        match find(&tb.files, name) {
+            Some(cb) if cb == ca => {}
             Some(_) => out.push(Change {
                 kind: ChangeKind::Modified,
                 path,
@@ -200,7 +209,7 @@ fn diff_into(
         }
     }
     for (name, _) in &tb.files {
-        if !ta.files.iter().any(|(n, _)| n == name) {
+        if find(&ta.files, name).is_none() {
             out.push(Change {
                 kind: ChangeKind::Added,
                 path: format!("{prefix}/{name}"),
@@ -210,13 +219,13 @@ fn diff_into(
     }
     for (name, ra) in &ta.dirs {
         let path = format!("{prefix}/{name}");
-        match tb.dirs.iter().find(|(n, _)| n == name) {
-            Some((_, rb)) => diff_into(repo, &path, ra, rb, out)?,
+        match find(&tb.dirs, name) {
+            Some(rb) => diff_into(repo, &path, ra, rb, out)?,
             None => walk_all(repo, &path, ra, ChangeKind::Removed, out)?,
         }
     }
     for (name, rb) in &tb.dirs {
-        if !ta.dirs.iter().any(|(n, _)| n == name) {
+        if find(&ta.dirs, name).is_none() {
             walk_all(
                 repo,
                 &format!("{prefix}/{name}"),

@@ -6,3 +6,4 @@ pub mod nspawn;
 pub mod dbus;
 pub mod rpmostree_double;
 pub mod moto;
+pub mod agent_host;

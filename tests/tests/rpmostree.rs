@@ -230,3 +230,205 @@ async fn a_transaction_past_its_deadline_is_cancelled() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(d.calls().contains(&"Cancel".to_string()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real `berth-agent run --once` on a Fedora 21 container (real systemd and logind) whose
+// rpm-ostree is the double: the upgrade happens once per instance, across the reboot.
+
+mod with_the_agent {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use berth_e2e::agent::Region;
+    use berth_e2e::agent_host::{master_args, Node, MASTER_UNITS};
+    use berth_e2e::rpmostree_double::{simulate_reboot, Scenario, State};
+    use berth_sim::ClusterSpec;
+
+    const STANDIN: &str = env!("CARGO_BIN_EXE_berth-standin");
+    const DOUBLE: &str = env!("CARGO_BIN_EXE_rpm-ostree-double");
+
+    fn node(scenario: Scenario, upgrade_available: bool) -> Node {
+        Node::boot(
+            Path::new(STANDIN),
+            Path::new(DOUBLE),
+            scenario,
+            &State::fedora_atomic_21(upgrade_available),
+        )
+    }
+
+    fn count(calls: &[String], name: &str) -> usize {
+        calls.iter().filter(|c| *c == name).count()
+    }
+
+    #[test]
+    fn first_boot_upgrades_reboots_once_and_then_converges() {
+        if !berth_e2e::nspawn::have_root("first_boot_upgrades_reboots_once_and_then_converges") {
+            return;
+        }
+        let region = Region::start(ClusterSpec::seed());
+        let mut master = node(Scenario::Normal, true);
+        let initial = master.double().state();
+
+        // First boot: the upgrade stages a deployment, and the agent reboots the host through
+        // logind before configuring anything.
+        let log = master.converge(&region, "fed-master");
+        assert!(log.contains("rpm-ostree staged deployment"), "{log}");
+        assert_eq!(master.double().state().staged, Some(initial.remote.clone()));
+        assert_eq!(count(&master.double().calls(), "Upgrade"), 1);
+        let stopped = master.ct.wait_stopped(Duration::from_secs(30));
+        assert!(
+            stopped.is_some(),
+            "the container did not reboot\n{}",
+            master.ct.console()
+        );
+        assert!(
+            master.starts().values().all(|n| *n == 0),
+            "nothing is configured before the reboot: {:?}",
+            master.starts()
+        );
+
+        // The host comes back on the new deployment, with a new boot id; rpm-ostree's daemon
+        // starts afresh on it.
+        simulate_reboot(&master.double().state_file);
+        master.restart_rpmostree(Scenario::Normal, None);
+        assert_eq!(master.double().state().booted, initial.remote);
+        master.set_boot_id("berth-test-boot-2");
+        master.ct.boot();
+
+        let log = master.converge(&region, "fed-master");
+        assert!(
+            !log.contains("upgrading the OS"),
+            "a second upgrade was attempted:\n{log}"
+        );
+        let calls = master.double().calls();
+        assert_eq!(count(&calls, "Upgrade"), 1, "{calls:?}");
+        master.assert_units(MASTER_UNITS, "enabled", "active");
+        for (daemon, args) in master_args() {
+            assert_eq!(master.last_args(daemon), args, "{daemon}");
+        }
+        // And it never upgrades again on this instance.
+        master.converge(&region, "fed-master");
+        assert_eq!(count(&master.double().calls(), "Upgrade"), 1);
+        assert!(
+            master.ct.wait_stopped(Duration::from_secs(1)).is_none(),
+            "rebooted again"
+        );
+    }
+
+    #[test]
+    fn no_upgrade_available_means_no_reboot() {
+        if !berth_e2e::nspawn::have_root("no_upgrade_available_means_no_reboot") {
+            return;
+        }
+        let region = Region::start(ClusterSpec::seed());
+        let mut minion = node(Scenario::Normal, false);
+        let log = minion.converge(&region, "fed-minion");
+        assert!(log.contains("no upgrade available"), "{log}");
+        assert_eq!(count(&minion.double().calls(), "Upgrade"), 1);
+        assert!(
+            minion.ct.wait_stopped(Duration::from_secs(2)).is_none(),
+            "the host rebooted"
+        );
+        assert_eq!(
+            minion.ct.systemctl(&["is-active", "kubelet.service"]),
+            "active"
+        );
+    }
+
+    #[test]
+    fn a_failed_upgrade_blocks_configuration_and_is_retried() {
+        if !berth_e2e::nspawn::have_root("a_failed_upgrade_blocks_configuration_and_is_retried") {
+            return;
+        }
+        let region = Region::start(ClusterSpec::seed());
+        let mut master = node(Scenario::Fail, true);
+        let out = master.run(&region, "fed-master", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("HTTP 404"), "{stderr}");
+        assert!(stderr.contains("journalctl -u rpm-ostreed"), "{stderr}");
+        // The default policy (`upgrade_failure: block`): nothing configured, no reboot.
+        assert!(
+            master.starts().values().all(|n| *n == 0),
+            "{:?}",
+            master.starts()
+        );
+        assert!(!master
+            .ct
+            .path("/etc/kubernetes/controller-manager")
+            .exists());
+        assert!(master.ct.wait_stopped(Duration::from_secs(1)).is_none());
+
+        // The next run tries again; this time there is simply nothing newer.
+        master.restart_rpmostree(Scenario::Normal, Some(&State::fedora_atomic_21(false)));
+        master.converge(&region, "fed-master");
+        assert_eq!(count(&master.double().calls(), "Upgrade"), 2);
+        master.assert_units(MASTER_UNITS, "enabled", "active");
+    }
+
+    #[test]
+    fn the_daemon_vanishing_fails_the_run_cleanly() {
+        if !berth_e2e::nspawn::have_root("the_daemon_vanishing_fails_the_run_cleanly") {
+            return;
+        }
+        let region = Region::start(ClusterSpec::seed());
+        let master = node(Scenario::Vanish, true);
+        berth_e2e::agent::bin("berth-agent");
+        let started = Instant::now();
+        let out = master.run(&region, "fed-master", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains("left the bus") || stderr.contains("connection closed"),
+            "{stderr}"
+        );
+        assert!(master.starts().values().all(|n| *n == 0));
+    }
+
+    #[test]
+    fn sigterm_mid_transaction_cancels_it() {
+        if !berth_e2e::nspawn::have_root("sigterm_mid_transaction_cancels_it") {
+            return;
+        }
+        let region = Region::start(ClusterSpec::seed());
+        let master = node(Scenario::Hang, true);
+        let mut agent = master
+            .command(&region, "fed-master", &[])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth-agent starts");
+        assert!(
+            master
+                .double()
+                .wait_for_call("Start", Duration::from_secs(30)),
+            "the transaction never started: {:?}",
+            master.double().calls()
+        );
+        // SAFETY: signalling the agent we spawned, by its PID.
+        unsafe { libc::kill(agent.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = agent.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = agent.kill();
+                panic!("berth-agent did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = agent.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!status.success(), "{stderr}");
+        let calls = master.double().calls();
+        assert!(calls.contains(&"Cancel".to_string()), "{calls:?}\n{stderr}");
+        assert!(stderr.contains("cancelled"), "{stderr}");
+        assert_eq!(master.double().state().staged, None);
+        assert!(master.starts().values().all(|n| *n == 0));
+    }
+}

@@ -8,8 +8,10 @@ use berth_agent::host::dbus::{DbusAddresses, DbusHost};
 use berth_agent::host::login::Login;
 use berth_agent::host::systemd::{JobKind, Systemd, SystemdError};
 use berth_agent::host::{Host, UnitOp};
+use berth_e2e::agent::Region;
 use berth_e2e::nspawn::Container;
 use futures_util::StreamExt;
+use std::path::Path;
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_berth-standin");
 
@@ -352,179 +354,24 @@ async fn reboot_falls_back_to_reboot_target_without_logind() {
 // ---------------------------------------------------------------------------------------------
 // The real `berth-agent run --once` inside the container's systemd, against a berth-sim region.
 
-mod agent_in_container {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-    use std::process::Output;
+use berth_e2e::agent_host::{master_args, strings, Node, MASTER_UNITS, MINION_UNITS};
+use berth_e2e::rpmostree_double::{Scenario, State};
 
-    use berth_e2e::agent::Region;
-    use berth_e2e::dbus::PrivateBus;
-    use berth_e2e::nspawn::Container;
-    use berth_e2e::rpmostree_double::{Double, Scenario, State};
-    use berth_sim::ClusterSpec;
+const DOUBLE: &str = env!("CARGO_BIN_EXE_rpm-ostree-double");
 
-    const DOUBLE: &str = env!("CARGO_BIN_EXE_rpm-ostree-double");
-
-    pub const MASTER_UNITS: &[&str] = &[
-        "etcd.service",
-        "kube-apiserver.service",
-        "kube-controller-manager.service",
-        "kube-scheduler.service",
-    ];
-    pub const MINION_UNITS: &[&str] = &["kube-proxy.service", "kubelet.service", "docker.service"];
-
-    /// A Fedora 21 host in a container, with rpm-ostree's daemon (no upgrade available) on a
-    /// bus of its own.
-    pub struct Node {
-        pub ct: Container,
-        pub bus: PrivateBus,
-        pub _rpmostree: Double,
-    }
-
-    impl Node {
-        pub fn boot() -> Node {
-            let ct = super::fedora21();
-            let bus = PrivateBus::start();
-            let rpmostree = Double::start(
-                Path::new(DOUBLE),
-                bus.address(),
-                &bus.dir(),
-                Scenario::Normal,
-                Some(&State::fedora_atomic_21(false)),
-            );
-            Node {
-                ct,
-                bus,
-                _rpmostree: rpmostree,
-            }
-        }
-
-        pub fn run(&self, region: &Region, node: &str, env: &[(&str, &str)]) -> Output {
-            let bus = self.ct.bus_address();
-            let args = [
-                "run",
-                "--once",
-                "--system-bus",
-                bus.as_str(),
-                "--rpmostree-bus",
-                self.bus.address(),
-            ];
-            self.command(region, node, &args, env)
-                .output()
-                .expect("berth-agent runs")
-        }
-
-        /// `berth-agent ARGS --root (the container's) --imds-endpoint (the node's)
-        /// --ec2-endpoint (the region's)`, with `env` added.
-        pub fn command(
-            &self,
-            region: &Region,
-            node: &str,
-            args: &[&str],
-            env: &[(&str, &str)],
-        ) -> std::process::Command {
-            let imds = region.sim.imds_url(node).expect("the node has an IMDS");
-            let mut cmd = std::process::Command::new(berth_e2e::agent::bin("berth-agent"));
-            cmd.args(args)
-                .arg("--root")
-                .arg(self.ct.root())
-                .args([
-                    "--imds-endpoint",
-                    &imds,
-                    "--ec2-endpoint",
-                    &region.sim.ec2_url(),
-                ])
-                .envs(env.iter().copied());
-            cmd
-        }
-
-        pub fn converge(&self, region: &Region, node: &str) -> String {
-            berth_e2e::agent::bin("berth-agent"); // built before the clock starts
-            let started = std::time::Instant::now();
-            let out = self.run(region, node, &[("BERTH_LOG", "debug")]);
-            eprintln!(
-                "{node}: berth-agent run --once took {:?}",
-                started.elapsed()
-            );
-            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(
-                out.status.success(),
-                "{node}: berth-agent failed ({}):\n{stderr}",
-                out.status
-            );
-            stderr
-        }
-
-        /// How many times each stand-in daemon has been started so far.
-        pub fn starts(&self) -> BTreeMap<String, usize> {
-            berth_e2e::nspawn::STANDINS
-                .iter()
-                .map(|n| (n.to_string(), self.ct.standin_starts(n).len()))
-                .collect()
-        }
-
-        pub fn last_args(&self, daemon: &str) -> Vec<String> {
-            self.ct
-                .wait_standin_starts(daemon, 1)
-                .last()
-                .cloned()
-                .unwrap_or_else(|| panic!("{daemon} was never started"))
-        }
-
-        pub fn assert_units(&self, units: &[&str], enabled: &str, active: &str) {
-            for unit in units {
-                assert_eq!(self.ct.systemctl(&["is-enabled", unit]), enabled, "{unit}");
-                assert_eq!(self.ct.systemctl(&["is-active", unit]), active, "{unit}");
-            }
-        }
-    }
-
-    pub fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    pub fn master_args() -> BTreeMap<&'static str, Vec<String>> {
-        BTreeMap::from([
-            ("etcd", strings(&["-config", "/etc/etcd/etcd.conf"])),
-            (
-                "kube-apiserver",
-                strings(&[
-                    "--logtostderr=true",
-                    "--v=0",
-                    "--etcd_servers=http://fed-master:4001",
-                    "--address=0.0.0.0",
-                    "--port=8080",
-                    "--kubelet_port=10250",
-                    "--allow_privileged=false",
-                    "--portal_net=10.254.0.0/16",
-                ]),
-            ),
-            (
-                "kube-controller-manager",
-                strings(&[
-                    "--logtostderr=true",
-                    "--v=0",
-                    "--machines=fed-minion",
-                    "--master=http://fed-master:8080",
-                ]),
-            ),
-            (
-                "kube-scheduler",
-                strings(&[
-                    "--logtostderr=true",
-                    "--v=0",
-                    "--master=http://fed-master:8080",
-                ]),
-            ),
-        ])
-    }
-
-    pub fn seed_region() -> Region {
-        Region::start(ClusterSpec::seed())
-    }
+fn seed_node() -> Node {
+    Node::boot(
+        Path::new(STANDIN),
+        Path::new(DOUBLE),
+        Scenario::Normal,
+        &State::fedora_atomic_21(false),
+    )
 }
 
-use agent_in_container::*;
+fn seed_region() -> Region {
+    Region::start(ClusterSpec::seed())
+}
+
 use berth_sim::ClusterSpec;
 
 #[test]
@@ -533,8 +380,8 @@ fn agent_converges_a_master_and_a_minion_with_the_seeds_flags() {
         return;
     }
     let region = seed_region();
-    let master = Node::boot();
-    let minion = Node::boot();
+    let master = seed_node();
+    let minion = seed_node();
 
     master.converge(&region, "fed-master");
     master.assert_units(MASTER_UNITS, "enabled", "active");
@@ -653,7 +500,7 @@ fn a_master_killed_after_any_step_of_its_first_run_converges_on_the_next() {
         return;
     }
     let region = seed_region();
-    let reference = Node::boot();
+    let reference = seed_node();
     let log = reference.converge(&region, "fed-master");
     // Every host-changing step (each file, the reload, each unit operation) logs "step N: ...".
     let steps = log.lines().filter(|l| l.contains("debug: step ")).count();
@@ -671,7 +518,7 @@ fn a_master_killed_after_any_step_of_its_first_run_converges_on_the_next() {
         .unwrap_or(usize::MAX);
     for n in 1..=steps.min(limit) {
         let t0 = Instant::now();
-        let node = Node::boot();
+        let node = seed_node();
         let t_boot = t0.elapsed();
         let crashed = node.run(
             &region,

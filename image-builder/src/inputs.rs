@@ -25,8 +25,12 @@ pub enum InputError {
     },
     #[error("profiles {path}: no such profile directory; pass --profiles a directory of profiles such as configs/profiles")]
     ProfilesMissing { path: PathBuf },
-    #[error("profiles {path}: holds no profile (a subdirectory with at least one file); pass the directory of profiles such as configs/profiles, not a single profile or an empty one")]
+    #[error("profiles {path}: holds no profile (a subdirectory with a {PROFILE_MANIFEST}); pass the directory of profiles such as configs/profiles, not a single profile or an empty one")]
     NoProfiles { path: PathBuf },
+    #[error("profile {path}: no {PROFILE_MANIFEST}, so it is not a profile; remove the directory or add its manifest")]
+    NoManifest { path: PathBuf },
+    #[error("profile {path}: {detail}")]
+    BadManifest { path: PathBuf, detail: String },
     #[error("profiles {path}: {what}; profiles hold only directories and regular files")]
     ProfileEntry { path: PathBuf, what: &'static str },
     #[error("config {path}: not valid YAML: {detail}")]
@@ -40,6 +44,9 @@ pub enum InputError {
     #[error("--agent-version {version}: only letters, digits and . - + _ are allowed")]
     AgentVersion { version: String },
 }
+
+/// Every profile directory holds this manifest (see configs/profiles/).
+pub const PROFILE_MANIFEST: &str = "profile.yaml";
 
 /// What the user asked for, as given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -213,18 +220,9 @@ fn load_profiles(dir: &Path, overlay: &mut Overlay) -> Result<Vec<String>, Input
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let mut files = 0usize;
+        check_manifest(&path, &name)?;
         let mut one = Overlay::new();
-        copy_tree(
-            &path,
-            &format!("{PROFILE_DIR}/{name}"),
-            &mut one,
-            &mut files,
-        )?;
-        if files == 0 {
-            log::warn!("profiles: skipping {}: it holds no file", path.display());
-            continue;
-        }
+        copy_tree(&path, &format!("{PROFILE_DIR}/{name}"), &mut one)?;
         for (p, n) in one.iter() {
             overlay.insert(p, n.clone(), &format!("profile {name}"))?;
         }
@@ -238,12 +236,35 @@ fn load_profiles(dir: &Path, overlay: &mut Overlay) -> Result<Vec<String>, Input
     Ok(names)
 }
 
-fn copy_tree(
-    src: &Path,
-    dest: &str,
-    overlay: &mut Overlay,
-    files: &mut usize,
-) -> Result<(), InputError> {
+/// A profile has a manifest that is a YAML mapping; its `name`, when
+/// given, is the directory's name (the agent finds profiles by name).
+fn check_manifest(dir: &Path, name: &str) -> Result<(), InputError> {
+    let path = dir.join(PROFILE_MANIFEST);
+    if !path.is_file() {
+        return Err(InputError::NoManifest {
+            path: dir.to_owned(),
+        });
+    }
+    let data = std::fs::read(&path).map_err(io("profile", &path))?;
+    let bad = |detail: String| InputError::BadManifest {
+        path: path.clone(),
+        detail,
+    };
+    let value: serde_norway::Value =
+        serde_norway::from_slice(&data).map_err(|e| bad(format!("not valid YAML: {e}")))?;
+    let Some(map) = value.as_mapping() else {
+        return Err(bad("must be a YAML mapping".into()));
+    };
+    match map.get("name") {
+        None => Ok(()),
+        Some(serde_norway::Value::String(n)) if n == name => Ok(()),
+        Some(other) => Err(bad(format!(
+            "name is {other:?} but the directory is {name:?}; the agent looks profiles up by directory name"
+        ))),
+    }
+}
+
+fn copy_tree(src: &Path, dest: &str, overlay: &mut Overlay) -> Result<(), InputError> {
     let mut entries: Vec<_> = std::fs::read_dir(src)
         .map_err(io("profiles", src))?
         .collect::<Result<_, _>>()
@@ -256,11 +277,10 @@ fn copy_tree(
         let ft = entry.file_type().map_err(io("profiles", &path))?;
         if ft.is_dir() {
             overlay.insert(&target, Node::Dir, "profiles")?;
-            copy_tree(&path, &target, overlay, files)?;
+            copy_tree(&path, &target, overlay)?;
         } else if ft.is_file() {
             let data = std::fs::read(&path).map_err(io("profiles", &path))?;
             overlay.insert(&target, Node::File { data, mode: 0o644 }, "profiles")?;
-            *files += 1;
         } else {
             let what = if ft.is_symlink() {
                 "is a symlink"

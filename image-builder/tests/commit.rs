@@ -463,3 +463,50 @@ fn new_files_get_the_base_selinux_policy_labels() {
     assert!(stderr(&out).contains("SELinux policy"), "{}", stderr(&out));
     assert_eq!(fx.refs(), before);
 }
+
+#[test]
+fn the_projects_own_profiles_are_baked_file_for_file() {
+    let fx = fixture(50);
+    let profiles = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/profiles");
+    let out = berth_image(
+        &[
+            "commit",
+            "--repo",
+            fx.repo_str(),
+            "--base",
+            BASE_REF,
+            "--ref",
+            NEW_REF,
+            "--agent",
+            fx.agent.to_str().unwrap(),
+            "--profiles",
+            profiles.to_str().unwrap(),
+        ],
+        Some("1700000000"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut checked = 0;
+    let mut stack = vec![profiles.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&profiles).unwrap();
+            if rel.components().count() < 2 {
+                continue; // files beside the profiles are not profiles
+            }
+            let image_path = format!("/usr/share/berth/profiles/{}", rel.display());
+            let baked = ostree(&["cat", "--repo", fx.repo_str(), NEW_REF, &image_path]);
+            assert_eq!(
+                baked,
+                std::fs::read_to_string(&path).unwrap(),
+                "{image_path}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "configs/profiles holds no profile file");
+}

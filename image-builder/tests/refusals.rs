@@ -233,16 +233,6 @@ fn unknown_profile_dir_is_refused() {
         None,
         &["no-such-profiles: no such profile directory"],
     );
-    let empty = fx.path("empty-profiles");
-    std::fs::create_dir_all(empty.join("legacy-2015")).unwrap();
-    assert_refused(
-        &fx,
-        &[],
-        None,
-        Some(empty.to_str().unwrap()),
-        None,
-        &["empty-profiles: holds no profile"],
-    );
     let file = fx.path("config.yaml");
     assert_refused(
         &fx,
@@ -251,6 +241,41 @@ fn unknown_profile_dir_is_refused() {
         Some(file.to_str().unwrap()),
         None,
         &["no such profile directory"],
+    );
+    let empty = fx.path("empty-profiles");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("README"), b"profiles go here\n").unwrap();
+    assert_refused(
+        &fx,
+        &[],
+        None,
+        Some(empty.to_str().unwrap()),
+        None,
+        &["empty-profiles: holds no profile"],
+    );
+    // A single profile passed instead of the directory of profiles.
+    let single = fx.profiles.join("legacy-2015");
+    assert_refused(
+        &fx,
+        &[],
+        None,
+        Some(single.to_str().unwrap()),
+        None,
+        &["legacy-2015/templates: no profile.yaml, so it is not a profile"],
+    );
+    let bad = fx.path("bad-profiles");
+    std::fs::create_dir_all(bad.join("legacy-2016")).unwrap();
+    std::fs::write(bad.join("legacy-2016/profile.yaml"), b"name: legacy-2015\n").unwrap();
+    assert_refused(
+        &fx,
+        &[],
+        None,
+        Some(bad.to_str().unwrap()),
+        None,
+        &[
+            "legacy-2016/profile.yaml: name is",
+            "the directory is \"legacy-2016\"",
+        ],
     );
 }
 

@@ -287,6 +287,18 @@ impl Container {
             .expect("run nsenter")
     }
 
+    /// A host program run in the container's network namespace only (it sees the container's
+    /// loopback, and the host's files): how a test serves the container an IMDS and EC2 API.
+    pub fn in_netns(&self, program: &Path) -> Command {
+        let pid1 = self.pid1.expect("container is booted");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("--target")
+            .arg(pid1.to_string())
+            .args(["--net", "--"])
+            .arg(program);
+        cmd
+    }
+
     /// `systemctl ARGS` inside the container; stdout, trimmed.
     pub fn systemctl(&self, args: &[&str]) -> String {
         let mut argv = vec!["systemctl"];

@@ -574,3 +574,150 @@ fn a_master_killed_after_any_step_of_its_first_run_converges_on_the_next() {
         );
     }
 }
+
+/// `berth-sim serve` in the container's network namespace: the seed cluster's EC2 API and
+/// fed-master's IMDS on the container's loopback. Stopped by PID on drop.
+struct SimInContainer(std::process::Child);
+
+impl SimInContainer {
+    const EC2: &'static str = "127.0.0.1:18773";
+    const IMDS: &'static str = "127.0.0.1:18774";
+
+    fn start(ct: &Container) -> SimInContainer {
+        use std::io::BufRead;
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut child = ct
+            .in_netns(&berth_e2e::agent::bin("berth-sim"))
+            .arg("serve")
+            .arg("--cluster")
+            .arg(workspace.join("sim/clusters/seed.yaml"))
+            .args(["--ec2-listen", Self::EC2])
+            .arg(format!("--imds-listen=fed-master={}", Self::IMDS))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth-sim starts");
+        // One JSON line per instance once every listener is up.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with('{'), "berth-sim did not start: {line:?}");
+        SimInContainer(child)
+    }
+}
+
+impl Drop for SimInContainer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_shipped_unit_runs_the_agent_as_a_notify_daemon() {
+    if !berth_e2e::nspawn::have_root("the_shipped_unit_runs_the_agent_as_a_notify_daemon") {
+        return;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut ct = Container::new();
+    ct.install_fedora21(Path::new(STANDIN));
+    // What berth-image puts in the image: the agent, its unit and its preset.
+    std::fs::copy(
+        berth_e2e::agent::bin("berth-agent"),
+        ct.path("/usr/bin/berth-agent"),
+    )
+    .unwrap();
+    std::fs::copy(
+        workspace.join("configs/systemd/berth-agent.service"),
+        ct.path("/usr/lib/systemd/system/berth-agent.service"),
+    )
+    .unwrap();
+    write(
+        &ct,
+        "/usr/lib/systemd/system-preset/50-berth.preset",
+        &std::fs::read_to_string(workspace.join("configs/systemd/50-berth.preset")).unwrap(),
+    );
+    // This container has no rpm-ostree, and its IMDS and EC2 API are the sim on its loopback.
+    write(&ct, "/etc/berth/config.yaml", "upgrade: false\n");
+    write(
+        &ct,
+        "/etc/systemd/system/berth-agent.service.d/endpoints.conf",
+        &format!(
+            "[Service]\nExecStart=\nExecStart=/usr/bin/berth-agent run --imds-endpoint http://{}/ --ec2-endpoint http://{}/\n",
+            SimInContainer::IMDS,
+            SimInContainer::EC2
+        ),
+    );
+    ct.boot();
+    let _sim = SimInContainer::start(&ct);
+
+    let verify = ct.exec(&["systemd-analyze", "verify", "berth-agent.service"]);
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify:\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    ct.systemctl(&["preset", "berth-agent.service"]);
+    assert_eq!(
+        ct.systemctl(&["is-enabled", "berth-agent.service"]),
+        "enabled"
+    );
+    let wants = ct.systemctl(&["show", "-p", "Wants", "-p", "After", "berth-agent.service"]);
+    assert!(wants.contains("network-online.target"), "{wants}");
+    assert!(wants.contains("dbus.service"), "{wants}");
+
+    // `systemctl start` returns when the agent sends READY=1: after its first convergence.
+    let started = Instant::now();
+    let out = ct.exec(&["systemctl", "start", "berth-agent.service"]);
+    assert!(
+        out.status.success(),
+        "start failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ct.systemctl(&["status", "--no-pager", "-n", "40", "berth-agent.service"])
+    );
+    eprintln!(
+        "berth-agent.service started (READY=1) in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ct.systemctl(&["is-active", "berth-agent.service"]),
+        "active"
+    );
+    let status = ct.systemctl(&["show", "-p", "StatusText", "berth-agent.service"]);
+    assert!(
+        status.starts_with("StatusText=converged: 2 nodes"),
+        "{status}"
+    );
+    let shown = ct.systemctl(&["status", "--no-pager", "berth-agent.service"]);
+    assert!(shown.contains("Status: \"converged: 2 nodes"), "{shown}");
+    for unit in [
+        "etcd.service",
+        "kube-apiserver.service",
+        "kube-controller-manager.service",
+        "kube-scheduler.service",
+    ] {
+        assert_eq!(ct.systemctl(&["is-active", unit]), "active", "{unit}");
+    }
+    assert_eq!(
+        ct.wait_standin_starts("kube-controller-manager", 1)[0],
+        [
+            "--logtostderr=true",
+            "--v=0",
+            "--machines=fed-minion",
+            "--master=http://fed-master:8080"
+        ]
+    );
+
+    // SIGTERM from `systemctl stop`: STOPPING=1 and a clean exit, not a failure.
+    let out = ct.exec(&["systemctl", "stop", "berth-agent.service"]);
+    assert!(out.status.success());
+    assert_eq!(
+        ct.systemctl(&["is-active", "berth-agent.service"]),
+        "inactive"
+    );
+    assert_eq!(
+        ct.systemctl(&["show", "-p", "Result", "berth-agent.service"]),
+        "Result=success"
+    );
+}

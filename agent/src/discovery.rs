@@ -127,7 +127,8 @@ pub fn membership(me: &Me<'_>, config: &Config, instances: &[Instance]) -> Membe
         .map(String::as_str)
         .collect();
     let mut notes = Vec::new();
-    let mut candidates: Vec<Node> = Vec::new();
+    let mut candidates: Vec<Node> = Vec::with_capacity(instances.len());
+    let mut seen_ids: BTreeSet<&str> = BTreeSet::new();
     let mut seen_me = false;
 
     for inst in instances {
@@ -139,7 +140,7 @@ pub fn membership(me: &Me<'_>, config: &Config, instances: &[Instance]) -> Membe
             ));
             continue;
         }
-        if candidates.iter().any(|n| &n.instance_id == id) {
+        if !seen_ids.insert(id.as_str()) {
             continue; // listed twice (pages overlapped): once is enough
         }
         let live = matches!(inst.state.as_str(), "pending" | "running");

@@ -374,8 +374,10 @@ async fn throttled_until_the_deadline_says_so() {
     let ec2 = Ec2Client::new(server.url(), REGION.into(), policy);
     let started = Instant::now();
     let err = ec2.describe_instances(&creds(), &[]).await.unwrap_err();
+    // 1000 attempts would take some 30 s; the deadline ends them long before. The margin over
+    // 300 ms is for a loaded CI machine, not a speed target.
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );

@@ -1146,9 +1146,9 @@ async fn faults_fail_throttle_reset_latency() {
 }
 
 #[tokio::test]
-async fn keep_alive_answers_are_fast() {
-    // Each response leaves in one write with TCP_NODELAY: a kept-alive request must not wait
-    // for a delayed ACK (~40 ms).
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    // Each response leaves in one write with TCP_NODELAY (see http.rs); how fast a kept-alive
+    // round trip is, is measured by the bench (`berth-bench`), not asserted here.
     let sim = Sim::start(ClusterSpec::seed()).await.unwrap();
     let addr = sim.imds_addr("fed-master").unwrap();
     let t = token(addr).await;
@@ -1156,16 +1156,11 @@ async fn keep_alive_answers_are_fast() {
     sock.set_nodelay(true).unwrap();
     let mut r = BufReader::new(sock);
     let req = format!("GET /latest/meta-data/local-ipv4 HTTP/1.1\r\nHost: {addr}\r\nX-aws-ec2-metadata-token: {t}\r\n\r\n");
-    let mut worst = Duration::ZERO;
     for _ in 0..20 {
-        let t0 = Instant::now();
         r.get_mut().write_all(req.as_bytes()).await.unwrap();
         let reply = read_reply(&mut r).await.expect("kept alive");
         assert_eq!(reply.body, "172.30.0.246");
-        worst = worst.max(t0.elapsed());
     }
-    eprintln!("worst kept-alive IMDS round trip: {worst:?}");
-    assert!(worst < Duration::from_millis(30), "{worst:?}");
     sim.shutdown().await;
 }
 

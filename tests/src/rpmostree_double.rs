@@ -357,24 +357,35 @@ struct Os {
 impl Os {
     async fn upgrade(&self, options: HashMap<String, OwnedVariant>) -> fdo::Result<String> {
         record(&self.shared, "Upgrade", options_json(&options));
-        let path = {
+        let (n, dir) = {
             let mut s = self.shared.lock().unwrap();
             s.transactions += 1;
-            s.opts
-                .socket_dir
-                .join(format!("txn-{}.sock", s.transactions))
+            (s.transactions, s.opts.socket_dir.clone())
         };
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| fdo::Error::Failed(format!("bind {}: {e}", path.display())))?;
+        // Like the real daemon (a GDBusServer on `unix:tmpdir=/tmp/rpm-ostree`): an abstract
+        // socket, and an address carrying the server's guid, which the client checks.
+        let guid = zbus::Guid::generate();
+        let name = format!("/tmp/rpm-ostree/dbus-{}-{n}", std::process::id());
+        let (listener, address) = match bind_abstract(&name) {
+            Ok(l) => (l, format!("unix:abstract={name},guid={guid}")),
+            Err(e) => {
+                // Abstract sockets are Linux-only; a path works everywhere.
+                eprintln!("rpm-ostree-double: abstract socket {name}: {e}; using a path");
+                let path = dir.join(format!("txn-{n}.sock"));
+                let _ = std::fs::remove_file(&path);
+                let l = tokio::net::UnixListener::bind(&path)
+                    .map_err(|e| fdo::Error::Failed(format!("bind {}: {e}", path.display())))?;
+                (l, format!("unix:path={},guid={guid}", path.display()))
+            }
+        };
         let txn = Arc::new(TxnState {
             shared: self.shared.clone(),
             started: Mutex::new(false),
             cancel: tokio::sync::watch::channel(false).0,
             peers: Mutex::new(Vec::new()),
         });
-        tokio::spawn(accept_peers(listener, txn));
-        Ok(format!("unix:path={}", path.display()))
+        tokio::spawn(accept_peers(listener, guid, txn));
+        Ok(address)
     }
 
     #[zbus(property)]
@@ -403,15 +414,26 @@ struct TxnState {
     peers: Mutex<Vec<Connection>>,
 }
 
-async fn accept_peers(listener: tokio::net::UnixListener, txn: Arc<TxnState>) {
+fn bind_abstract(name: &str) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+async fn accept_peers(
+    listener: tokio::net::UnixListener,
+    guid: zbus::Guid<'static>,
+    txn: Arc<TxnState>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
         let stream = stream.into_std().unwrap();
-        let guid = zbus::Guid::generate();
         let conn = zbus::connection::Builder::unix_stream(stream)
-            .server(guid)
+            .server(guid.clone())
             .p2p()
             .serve_at("/", Transaction { txn: txn.clone() })
             .build()

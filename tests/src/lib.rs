@@ -2,8 +2,8 @@
 //! and libostree, each started and stopped (by PID) by the test that needs it.
 
 pub mod agent;
-pub mod nspawn;
-pub mod dbus;
-pub mod rpmostree_double;
-pub mod moto;
 pub mod agent_host;
+pub mod dbus;
+pub mod moto;
+pub mod nspawn;
+pub mod rpmostree_double;

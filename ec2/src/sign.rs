@@ -1,12 +1,14 @@
 //! SigV4 signing of one HTTP request with role credentials, through `aws-sigv4`.
 //!
-//! Shared by the EC2 Query client and, later, the EBS direct APIs and RegisterImage in
+//! Shared by the EC2 Query client and the EBS direct APIs and RegisterImage in
 //! `berth-image`. Callers sign each attempt afresh, so a retried request carries a new
 //! `X-Amz-Date` and never expires in flight.
 
 use std::time::SystemTime;
 
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use http::header::{HeaderName, AUTHORIZATION};
 
@@ -14,6 +16,7 @@ use crate::model::Credentials;
 
 const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
 const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
 
 /// Why a request could not be signed. Never carries credential material.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,29 @@ pub fn sign_request(
     service: &str,
     at: SystemTime,
 ) -> Result<(), SignError> {
+    sign_request_with(req, creds, region, service, at, Payload::Signed)
+}
+
+/// How the body enters the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The body's SHA-256 is part of the canonical request (no extra header): what the EC2
+    /// Query API and the JSON calls of the EBS direct APIs expect.
+    Signed,
+    /// `X-Amz-Content-SHA256: UNSIGNED-PAYLOAD`, signed: what EBS `PutSnapshotBlock` expects
+    /// (its body is covered by the signed `x-amz-Checksum` header instead), as the AWS SDKs send it.
+    Unsigned,
+}
+
+/// As [`sign_request`], choosing how the body is signed.
+pub fn sign_request_with(
+    req: &mut http::Request<Vec<u8>>,
+    creds: &Credentials,
+    region: &str,
+    service: &str,
+    at: SystemTime,
+    payload: Payload,
+) -> Result<(), SignError> {
     let uri = req.uri().to_string();
     if req.uri().host().map_or(true, str::is_empty) {
         return Err(SignError::NoHost { uri });
@@ -58,7 +84,12 @@ pub fn sign_request(
             return Err(SignError::Empty { field });
         }
     }
-    for name in [AUTHORIZATION, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN] {
+    for name in [
+        AUTHORIZATION,
+        X_AMZ_DATE,
+        X_AMZ_SECURITY_TOKEN,
+        X_AMZ_CONTENT_SHA256,
+    ] {
         req.headers_mut().remove(name);
     }
 
@@ -70,12 +101,16 @@ pub fn sign_request(
         "berth",
     )
     .into();
+    let mut settings = SigningSettings::default();
+    if payload == Payload::Unsigned {
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
         .name(service)
         .time(at)
-        .settings(SigningSettings::default())
+        .settings(settings)
         .build()
         .expect("identity, region, name, time and settings are all set")
         .into();
@@ -88,11 +123,15 @@ pub fn sign_request(
         })?;
         headers.push((name.as_str(), value));
     }
+    let body = match payload {
+        Payload::Signed => SignableBody::Bytes(req.body()),
+        Payload::Unsigned => SignableBody::UnsignedPayload,
+    };
     let signable = SignableRequest::new(
         req.method().as_str(),
         uri.as_str(),
         headers.into_iter(),
-        SignableBody::Bytes(req.body()),
+        body,
     )
     .map_err(|source| SignError::Signing {
         uri: uri.clone(),
@@ -176,6 +215,48 @@ mod tests {
         sign_request(&mut req, &creds, "us-east-1", "ec2", suite_time()).unwrap();
         assert_eq!(req.headers().get_all("authorization").iter().count(), 1);
         assert_eq!(req.headers()["authorization"], auth.as_str());
+    }
+
+    #[test]
+    fn unsigned_payload_is_declared_and_signed() {
+        let mut req = http::Request::builder()
+            .method("PUT")
+            .uri("https://ebs.us-east-1.amazonaws.com/snapshots/snap-1/blocks/0")
+            .header("x-amz-checksum", "abc=")
+            .body(vec![7u8; 16])
+            .unwrap();
+        let creds = example_creds(None);
+        sign_request_with(
+            &mut req,
+            &creds,
+            "us-east-1",
+            "ebs",
+            suite_time(),
+            Payload::Unsigned,
+        )
+        .unwrap();
+        assert_eq!(req.headers()["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+        let auth = req.headers()["authorization"].to_str().unwrap().to_string();
+        assert!(
+            auth.contains("SignedHeaders=host;x-amz-checksum;x-amz-content-sha256;x-amz-date"),
+            "{auth}"
+        );
+        // The signature does not depend on the body.
+        let mut other = req.clone();
+        *other.body_mut() = vec![9u8; 16];
+        sign_request_with(
+            &mut other,
+            &creds,
+            "us-east-1",
+            "ebs",
+            suite_time(),
+            Payload::Unsigned,
+        )
+        .unwrap();
+        assert_eq!(other.headers()["authorization"], auth.as_str());
+        // Signing it again the ordinary way drops the declaration.
+        sign_request(&mut other, &creds, "us-east-1", "ebs", suite_time()).unwrap();
+        assert!(other.headers().get("x-amz-content-sha256").is_none());
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct Config {
     pub manage_hosts: bool,
     pub poll: Poll,
     pub kubernetes: Kubernetes,
+    /// The EC2 API endpoint, for VPC interface endpoints and private regions (and the emulated
+    /// region of the QEMU tests). `None`: `https://ec2.REGION.amazonaws.com/`. `--ec2-endpoint`
+    /// wins over it.
+    pub ec2_endpoint: Option<String>,
 }
 
 /// How the reconcile daemon polls EC2 for membership changes.
@@ -116,6 +120,7 @@ impl Default for Config {
                 allow_privileged: false,
                 service_cidr: "10.254.0.0/16".to_string(),
             },
+            ec2_endpoint: None,
         }
     }
 }
@@ -132,6 +137,7 @@ pub struct Layer {
     manage_hosts: Option<bool>,
     poll: Option<PollLayer>,
     kubernetes: Option<KubernetesLayer>,
+    ec2_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +170,7 @@ const KEYS: &[&str] = &[
     "log_level",
     "allow_privileged",
     "service_cidr",
+    "ec2_endpoint",
 ];
 
 /// The tag keys berth reads.
@@ -331,6 +338,18 @@ impl Config {
         if let Some(u) = l.upgrade {
             self.upgrade = u;
         }
+        if let Some(e) = &l.ec2_endpoint {
+            if !valid_endpoint(e) {
+                return Err(invalid(
+                    "ec2_endpoint",
+                    e,
+                    "not an endpoint URL",
+                    "write an http(s) URL with a host and nothing after the path, like \
+                     `https://ec2.us-east-1.amazonaws.com/`",
+                ));
+            }
+            self.ec2_endpoint = Some(e.clone());
+        }
         if let Some(f) = l.upgrade_failure {
             self.upgrade_failure = f;
         }
@@ -399,6 +418,18 @@ pub fn valid_cluster_name(s: &str) -> bool {
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An http(s) URL with a host, no user info, query or fragment.
+pub fn valid_endpoint(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    })
 }
 
 /// `a.b.c.d/n` with the host bits clear.
@@ -482,6 +513,22 @@ mod tests {
             let tags = [("berth:cluster".to_string(), bad.to_string())].into();
             let l = Layer::from_tags(&tags);
             assert!(Config::merge([("tags", &l)]).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ec2_endpoint_is_validated() {
+        let c = one("ec2_endpoint: http://169.254.169.253/\n").unwrap();
+        assert_eq!(c.ec2_endpoint.as_deref(), Some("http://169.254.169.253/"));
+        for bad in [
+            "ftp://x/",
+            "http://user:pw@x/",
+            "http://x/?a=b",
+            "not a url",
+            "/path",
+        ] {
+            let e = one(&format!("ec2_endpoint: \"{bad}\"\n")).unwrap_err();
+            assert!(e.to_string().contains("`ec2_endpoint`"), "{bad}: {e}");
         }
     }
 

@@ -206,21 +206,22 @@ impl Agent {
     /// Sources, config and profile: everything that can be wrong with the input, checked before
     /// anything is written.
     async fn inputs(&mut self) -> Result<(Sources, Config, Profile, Role), RunError> {
-        let sources = self.remote.sources().await?;
         let root = self.opts.root.clone();
-        let mut texts: Vec<(String, String)> = Vec::new();
+        let mut layers: Vec<(String, Layer)> = Vec::new();
         for p in [IMAGE_CONFIG, HOST_CONFIG] {
             let full = host_path(&root, p);
             match std::fs::read_to_string(&full) {
-                Ok(t) => texts.push((p.to_string(), t)),
+                Ok(t) => layers.push((p.to_string(), Layer::parse(p, &t)?)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(RunError::ReadConfig { path: full, source }),
             }
         }
-        let mut layers: Vec<(String, Layer)> = Vec::new();
-        for (name, text) in &texts {
-            layers.push((name.clone(), Layer::parse(name, text)?));
-        }
+        // The files may name the EC2 endpoint, which DescribeTags needs before the tags and
+        // user-data layers exist.
+        let files = Config::merge(layers.iter().map(|(n, l)| (n.as_str(), l)))?;
+        self.remote
+            .configure_ec2_endpoint(files.ec2_endpoint.as_deref());
+        let sources = self.remote.sources().await?;
         let tag_source = match sources.tag_source {
             TagSource::Imds => "instance tags (IMDS)",
             TagSource::DescribeTags => "instance tags (DescribeTags)",
@@ -231,6 +232,8 @@ impl Agent {
             layers.push(("user-data".to_string(), Layer::parse("user-data", text)?));
         }
         let config = Config::merge(layers.iter().map(|(n, l)| (n.as_str(), l)))?;
+        self.remote
+            .configure_ec2_endpoint(config.ec2_endpoint.as_deref());
         let role = config.role.ok_or(RunError::NoRole(tag_source))?;
         let profile = Profile::find(&root, &config.profile)?;
         self.last_config = Some(config.clone());

@@ -47,6 +47,8 @@ pub struct Sources {
 pub struct Remote {
     pub imds: ImdsClient,
     ec2_endpoint: Option<Url>,
+    /// The endpoint came from the command line: configuration does not override it.
+    endpoint_from_cli: bool,
     ec2: Option<Ec2Client>,
 }
 
@@ -59,13 +61,26 @@ impl Remote {
         };
         Remote {
             imds: ImdsClient::new(endpoints, RetryPolicy::imds_boot()),
+            endpoint_from_cli: ec2_endpoint.is_some(),
             ec2_endpoint,
             ec2: None,
         }
     }
 
+    /// The EC2 endpoint the configuration names, unless the command line named one.
+    pub fn configure_ec2_endpoint(&mut self, endpoint: Option<&str>) {
+        if self.endpoint_from_cli {
+            return;
+        }
+        let url = endpoint.and_then(|e| Url::parse(e).ok());
+        if url != self.ec2_endpoint {
+            self.ec2_endpoint = url;
+            self.ec2 = None;
+        }
+    }
+
     fn ec2(&mut self, region: &str) -> &Ec2Client {
-        if self.ec2.as_ref().map(|c| c.region()) != Some(region) {
+        if self.ec2.as_ref().map(Ec2Client::region) != Some(region) {
             let endpoint = self
                 .ec2_endpoint
                 .clone()

@@ -411,3 +411,46 @@ fn status_shows_the_cluster_without_the_network() {
     assert_eq!(v["phase"], "converged");
     assert_eq!(v["membership"]["nodes"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn ec2_endpoint_from_the_host_config_file() {
+    let region = Region::seed();
+    let root = fedora_root();
+    std::fs::create_dir_all(root.path().join("etc/berth")).unwrap();
+    std::fs::write(
+        root.path().join("etc/berth/config.yaml"),
+        format!("ec2_endpoint: {}\n", region.sim.ec2_url()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(berth_e2e::agent::bin("berth-agent"))
+        .args(["run", "--once", "--no-host-actions", "--root"])
+        .arg(root.path())
+        .args([
+            "--imds-endpoint",
+            &region.sim.imds_url("fed-minion").unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(root.path().join("etc/kubernetes/kubelet").exists());
+
+    // A bad value in the file is refused before anything is written.
+    let bad = fedora_root();
+    std::fs::create_dir_all(bad.path().join("etc/berth")).unwrap();
+    std::fs::write(
+        bad.path().join("etc/berth/config.yaml"),
+        "ec2_endpoint: ftp://x/\n",
+    )
+    .unwrap();
+    let out = region.agent(
+        "fed-minion",
+        bad.path(),
+        &["run", "--once", "--no-host-actions"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/berth/config.yaml: `ec2_endpoint`"));
+}

@@ -27,10 +27,13 @@
 //! ```
 
 pub mod cluster;
+pub mod demo;
+mod ebs;
 mod ec2;
 pub mod faults;
 mod filter;
 mod http;
+pub mod images;
 mod imds;
 pub mod record;
 mod region;
@@ -44,6 +47,7 @@ use std::sync::{Arc, Mutex};
 
 pub use cluster::{ClusterSpec, CredentialsSpec, InstanceSpec, SecurityGroupSpec, SpecError};
 pub use faults::{Faults, Target};
+pub use images::{BlockDeviceRecord, ImageRecord, SnapshotRecord};
 pub use record::{Listener, RequestRecord};
 
 use faults::FaultState;
@@ -65,6 +69,7 @@ pub struct Sim {
     log: Arc<RequestLog>,
     ec2: Server,
     ec2_faults: Arc<FaultState>,
+    images: Arc<images::Store>,
     /// By instance id.
     imds: Mutex<BTreeMap<String, ImdsListener>>,
 }
@@ -77,13 +82,23 @@ impl Sim {
     /// Start the region described by `spec`: the EC2 listener and one IMDS listener per
     /// instance, on the spec's addresses or on free loopback ports.
     pub async fn start(spec: ClusterSpec) -> io::Result<Sim> {
+        Sim::start_with_images(spec, Arc::default()).await
+    }
+
+    /// Start another region of the same account as `peer`: the two share their snapshots and
+    /// images (each in its own region), so CopyImage in one reads the source from the other.
+    pub async fn start_peer(spec: ClusterSpec, peer: &Sim) -> io::Result<Sim> {
+        Sim::start_with_images(spec, peer.images.clone()).await
+    }
+
+    async fn start_with_images(spec: ClusterSpec, images: Arc<images::Store>) -> io::Result<Sim> {
         let region = Arc::new(Region::new(&spec).map_err(spec_err)?);
         let log = Arc::new(RequestLog::default());
         let ec2_faults = Arc::new(FaultState::default());
         let ec2 = Server::bind(
             spec.ec2_listen.unwrap_or(DEFAULT_LISTEN),
             Listener::Ec2,
-            Arc::new(ec2::Ec2::new(region.clone())),
+            Arc::new(ec2::Ec2::new(region.clone(), images.clone())),
             ec2_faults.clone(),
             log.clone(),
         )
@@ -93,6 +108,7 @@ impl Sim {
             log,
             ec2,
             ec2_faults,
+            images,
             imds: Mutex::new(BTreeMap::new()),
         };
         let ids: Vec<(String, Option<SocketAddr>)> = sim
@@ -233,6 +249,33 @@ impl Sim {
             }
         };
         Faults { state }
+    }
+
+    /// Every image of the account (all regions sharing it), as registered or copied.
+    pub fn images(&self) -> Vec<ImageRecord> {
+        self.images.images()
+    }
+
+    /// Every snapshot of the account (all regions sharing it), blocks included.
+    pub fn snapshots(&self) -> Vec<SnapshotRecord> {
+        self.images.snapshots()
+    }
+
+    /// The blocks written to a snapshot, by block index: `None` when there is no such snapshot.
+    pub fn snapshot_blocks(&self, id: &str) -> Option<BTreeMap<u64, Vec<u8>>> {
+        self.images.snapshot(id).map(|s| {
+            s.blocks
+                .into_iter()
+                .map(|(i, b)| (i, b.data.as_ref().clone()))
+                .collect()
+        })
+    }
+
+    /// Fail the next `n` calls of an EC2 action (`RegisterImage`) or EBS direct API
+    /// (`PutSnapshotBlock`) with `status` and the AWS error `code`, after their signature was
+    /// checked. `n = 0` cancels.
+    pub fn fail_action(&self, action: &str, n: u32, status: u16, code: &str) {
+        self.images.fail_action(action, n, status, code);
     }
 
     /// Every request read so far, in order (the latest 100 000).

@@ -1,4 +1,5 @@
 //! `berth-sim serve`: run an emulated EC2 region from a cluster file until SIGTERM or SIGINT.
+//! `berth-sim demo`: the seed's cluster with real agents, zero-touch (see `demo.rs`).
 //!
 //! Prints one JSON line per instance on stdout once every listener is up (so a harness can read
 //! the endpoints), then logs requests to stderr. Exit codes: 0 after a signal, 1 when the
@@ -39,6 +40,16 @@ enum Command {
         /// Log every request to stderr.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// Run the seed's cluster with real berth-agent processes: two nodes converge, a third is
+    /// launched and every node re-converges, then one is stopped and leaves.
+    Demo {
+        /// The berth-agent binary (default: beside berth-sim, then PATH).
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Where the nodes' root directories and logs go (default: a new temporary directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -158,12 +169,7 @@ async fn serve(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve {
-        cluster,
-        ec2_listen,
-        imds_listen,
-        verbose,
-    } = cli.command;
+    let verbose = matches!(cli.command, Command::Serve { verbose: true, .. });
     let level = if verbose {
         log::LevelFilter::Debug
     } else {
@@ -183,7 +189,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cluster, ec2_listen, imds_listen)) {
+    let result = match cli.command {
+        Command::Serve {
+            cluster,
+            ec2_listen,
+            imds_listen,
+            ..
+        } => runtime
+            .block_on(serve(cluster, ec2_listen, imds_listen))
+            .map_err(|e| e.to_string()),
+        Command::Demo { agent, dir } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("berth-demo-{}", std::process::id()))
+            });
+            berth_sim::demo::find_agent(agent)
+                .and_then(|agent| runtime.block_on(berth_sim::demo::run(agent, dir)))
+                .map_err(|e| e.to_string())
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-sim: {e}");

@@ -577,7 +577,11 @@ fn a_master_killed_after_any_step_of_its_first_run_converges_on_the_next() {
 
 /// `berth-sim serve` in the container's network namespace: the seed cluster's EC2 API and
 /// fed-master's IMDS on the container's loopback. Stopped by PID on drop.
-struct SimInContainer(std::process::Child);
+struct SimInContainer {
+    child: std::process::Child,
+    // Kept open: the sim prints a line per instance, and a closed pipe would kill it.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
 
 impl SimInContainer {
     const EC2: &'static str = "127.0.0.1:18773";
@@ -597,19 +601,21 @@ impl SimInContainer {
             .spawn()
             .expect("berth-sim starts");
         // One JSON line per instance once every listener is up.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         assert!(line.starts_with('{'), "berth-sim did not start: {line:?}");
-        SimInContainer(child)
+        SimInContainer {
+            child,
+            _stdout: stdout,
+        }
     }
 }
 
 impl Drop for SimInContainer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::faults::Injected;
 use crate::filter::{self, Filter};
 use crate::http::{Meta, Request, Response, Service};
+use crate::images::{Caller, Store};
 use crate::region::{Instance, Region};
 use crate::time_fmt::rfc3339_millis;
 
@@ -26,6 +27,8 @@ const MAX_MAX_RESULTS: usize = 1000;
 
 pub(crate) struct Ec2 {
     region: Arc<Region>,
+    /// Snapshots and images (shared with the other regions of the account).
+    images: Arc<Store>,
 }
 
 /// An EC2 error: HTTP status, code, message.
@@ -234,8 +237,47 @@ fn binding(action: &str, d: &Describe) -> String {
 }
 
 impl Ec2 {
-    pub fn new(region: Arc<Region>) -> Self {
-        Ec2 { region }
+    pub fn new(region: Arc<Region>, images: Arc<Store>) -> Self {
+        Ec2 { region, images }
+    }
+
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            region: &self.region.region,
+            account_id: &self.region.account_id,
+        }
+    }
+
+    /// The EBS direct APIs under `/snapshots`, signed for service `ebs`.
+    fn dispatch_ebs(&self, req: &Request) -> Response {
+        let Some(action) = crate::ebs::action_of(&req.method, &req.path) else {
+            return crate::ebs::error_response(&api_err(
+                404,
+                "ResourceNotFoundException",
+                format!("No EBS API at {} {}", req.method, req.path),
+            ));
+        };
+        if self.region.verify_sigv4 {
+            if let Err(e) = crate::sigv4::verify_for(&self.region, req, SystemTime::now(), "ebs") {
+                let kind = if e.status == 403 || e.status == 401 {
+                    "AccessDeniedException:UNAUTHORIZED_ACCOUNT"
+                } else {
+                    "ValidationException:OTHER"
+                };
+                return crate::ebs::error_response(&api_err(
+                    e.status.max(400),
+                    kind,
+                    format!("{}: {}", e.code, e.message),
+                ));
+            }
+        }
+        if let Some(e) = self.images.injected_failure(action) {
+            return crate::ebs::error_response(&e);
+        }
+        match crate::ebs::handle(&self.images, &self.caller(), action, req) {
+            Ok(resp) => resp,
+            Err(e) => crate::ebs::error_response(&e),
+        }
     }
 
     fn dispatch(&self, req: &Request) -> Result<String, ApiError> {
@@ -262,6 +304,12 @@ impl Ec2 {
                     "The request must contain the parameter Action",
                 )
             })?;
+        if let Some(e) = self.images.injected_failure(action) {
+            return Err(e);
+        }
+        if let Some(result) = self.images.handle(&self.caller(), action, &params) {
+            return result;
+        }
         match action {
             "DescribeInstances" => self.describe_instances(&parse_describe(&params, true)?),
             "DescribeTags" => self.describe_tags(&parse_describe(&params, false)?),
@@ -532,6 +580,15 @@ fn dry_run() -> ApiError {
 
 impl Service for Ec2 {
     fn inspect(&self, req: &Request) -> Meta {
+        if crate::ebs::is_ebs_path(&req.path) {
+            return Meta {
+                action: crate::ebs::action_of(&req.method, &req.path).map(str::to_string),
+                token_present: req.header("x-amz-security-token").is_some(),
+                signed: req
+                    .header("authorization")
+                    .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 ")),
+            };
+        }
         Meta {
             action: params(req)
                 .into_iter()
@@ -545,6 +602,9 @@ impl Service for Ec2 {
     }
 
     fn handle(&self, req: &Request) -> Response {
+        if crate::ebs::is_ebs_path(&req.path) {
+            return self.dispatch_ebs(req);
+        }
         match self.dispatch(req) {
             Ok(body) => Response::new(200, "text/xml;charset=UTF-8", body),
             Err(e) => error_response(&e),

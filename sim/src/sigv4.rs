@@ -84,8 +84,20 @@ fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
     (scope.next()? == "aws4_request" && scope.next().is_none()).then_some(auth)
 }
 
-/// Verify the request's SigV4 signature against what the region knows.
+/// Verify the request's SigV4 signature for the EC2 Query API against what the region knows.
 pub(crate) fn verify(region: &Region, req: &Request, now: SystemTime) -> Result<(), AuthError> {
+    verify_for(region, req, now, "ec2")
+}
+
+/// Verify the request's SigV4 signature, scoped to `service` (`ec2`, `ebs`). A request that
+/// signs `X-Amz-Content-SHA256: UNSIGNED-PAYLOAD` (EBS PutSnapshotBlock) is verified without
+/// its body, which its own checksum header then covers.
+pub(crate) fn verify_for(
+    region: &Region,
+    req: &Request,
+    now: SystemTime,
+    service: &str,
+) -> Result<(), AuthError> {
     let Some(header) = req.header("authorization") else {
         return Err(err(
             401,
@@ -100,12 +112,12 @@ pub(crate) fn verify(region: &Region, req: &Request, now: SystemTime) -> Result<
             "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters for AWS4-HMAC-SHA256",
         )
     })?;
-    if auth.service != "ec2" || auth.region != region.region {
+    if auth.service != service || auth.region != region.region {
         return Err(err(
             401,
             "AuthFailure",
             format!(
-                "Credential should be scoped to a valid region and service ec2, not '{}/{}'",
+                "Credential should be scoped to a valid region and service {service}, not '{}/{}'",
                 auth.region, auth.service
             ),
         ));
@@ -198,19 +210,21 @@ pub(crate) fn verify(region: &Region, req: &Request, now: SystemTime) -> Result<
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(&region.region)
-        .name("ec2")
+        .name(service)
         .time(time)
         .settings(settings)
         .build()
         .map_err(|_| mismatch())?
         .into();
-    let signable = SignableRequest::new(
-        &req.method,
-        &uri,
-        headers.into_iter(),
-        SignableBody::Bytes(&req.body),
-    )
-    .map_err(|_| mismatch())?;
+    let unsigned = signed_names.iter().any(|h| h == "x-amz-content-sha256")
+        && req.header("x-amz-content-sha256") == Some("UNSIGNED-PAYLOAD");
+    let body = if unsigned {
+        SignableBody::UnsignedPayload
+    } else {
+        SignableBody::Bytes(&req.body)
+    };
+    let signable = SignableRequest::new(&req.method, &uri, headers.into_iter(), body)
+        .map_err(|_| mismatch())?;
     let out = sign(signable, &params).map_err(|_| mismatch())?;
     let expected_headers = out
         .output()

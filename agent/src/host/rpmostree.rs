@@ -547,3 +547,64 @@ async fn call<T>(
         Ok(r) => r.map_err(|source| RpmOstreeError::Call { method, source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dict(pairs: &[(&str, Variant<'_>)]) -> HashMap<String, OwnedVariant> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OwnedVariant::try_from(v.clone()).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_deployment_is_read_from_the_daemons_dictionary() {
+        let d = dict(&[
+            ("id", Variant::from("fedora-atomic-abc.0")),
+            ("checksum", Variant::from("abc")),
+            ("serial", Variant::from(0i32)),
+        ]);
+        assert_eq!(
+            Deployment::from_dict("DefaultDeployment", &d).unwrap(),
+            Deployment {
+                id: "fedora-atomic-abc.0".into(),
+                checksum: "abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_deployment_without_an_id_or_with_a_wrong_type_names_the_field() {
+        let d = dict(&[("checksum", Variant::from("abc"))]);
+        let e = Deployment::from_dict("DefaultDeployment", &d).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rpm-ostree's DefaultDeployment has no string `id`"
+        );
+        let d = dict(&[
+            ("id", Variant::from(7u32)),
+            ("checksum", Variant::from("abc")),
+        ]);
+        let e = Deployment::from_dict("BootedDeployment", &d).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rpm-ostree's BootedDeployment has no string `id`"
+        );
+    }
+
+    #[test]
+    fn cancellation_is_reported_either_way() {
+        let done = RpmOstreeError::Interrupted { cancelled: true };
+        assert_eq!(
+            done.to_string(),
+            "rpm-ostree upgrade interrupted; the transaction was cancelled"
+        );
+        let failed = RpmOstreeError::Timeout {
+            after: Duration::from_secs(1800),
+            cancelled: false,
+        };
+        assert!(failed.to_string().contains("rpm-ostree cancel"), "{failed}");
+    }
+}

@@ -390,3 +390,35 @@ async fn bounded<T>(
         Ok(Ok(v)) => Ok(v),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_job_names_the_unit_the_result_and_where_to_look() {
+        let e = SystemdError::JobFailed {
+            unit: "kubelet.service".into(),
+            kind: JobKind::Restart,
+            result: "dependency".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "restart kubelet.service failed: its job finished with result `dependency`; \
+             see `journalctl -u kubelet.service` and `systemctl status kubelet.service`"
+        );
+    }
+
+    #[test]
+    fn a_call_error_names_the_method_and_the_unit() {
+        let e = SystemdError::CallTimeout {
+            method: "EnableUnitFiles",
+            unit: Some("etcd.service".into()),
+            after: CALL_TIMEOUT,
+        };
+        assert_eq!(
+            e.to_string(),
+            "systemd EnableUnitFiles (etcd.service) did not answer within 90s"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod commit;
+pub mod disk;
 pub mod inputs;
 pub mod inspect;
 pub mod overlay;

@@ -71,6 +71,33 @@ enum Cmd {
         #[arg(long, requires = "gpg_sign")]
         gpg_homedir: Option<PathBuf>,
     },
+    /// Deploy a commit into a bootable GPT disk image (ESP with systemd-boot, /boot, root).
+    /// Prints a JSON summary: partitions, the boot entry.
+    Disk {
+        /// The OSTree repository holding the commit.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Ref or commit checksum to deploy.
+        #[arg(long = "ref")]
+        rev: String,
+        /// The disk image to write (replaced only once complete).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "raw")]
+        format: berth_image::disk::Format,
+        /// Disk size (4G, 8GiB, 512M, bytes); default: what the tree needs plus 1 GiB.
+        #[arg(long)]
+        size: Option<String>,
+        /// Extra kernel argument (repeatable), after root=UUID=... rw console=tty0
+        /// console=ttyS0,115200n8.
+        #[arg(long = "karg", value_name = "ARG")]
+        kargs: Vec<String>,
+        /// The OSTree stateroot (`ostree admin os-init` name).
+        #[arg(long, default_value = berth_image::disk::DEFAULT_OSNAME)]
+        osname: String,
+        #[arg(long, value_enum, default_value = "systemd-boot")]
+        bootloader: berth_image::disk::Bootloader,
+    },
     /// Show what berth layered on a commit, compared to its base.
     Inspect {
         #[arg(long)]
@@ -178,6 +205,54 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
                 commit::commit(&req, &layer).map_err(|e| (refused_or_failed(&e), e.to_string()))?;
             log::info!("layered {} entries onto {}", out.entries, out.base_checksum);
             println!("{}", out.checksum);
+            Ok(())
+        }
+        Cmd::Disk {
+            repo,
+            rev,
+            out,
+            format,
+            size,
+            kargs,
+            osname,
+            bootloader,
+        } => {
+            use berth_image::disk;
+            let fail = |e: disk::DiskError| {
+                let code = if e.is_refusal() {
+                    EXIT_REFUSED
+                } else {
+                    EXIT_FAILED
+                };
+                (code, e.to_string())
+            };
+            let size = size
+                .as_deref()
+                .map(disk::parse_size)
+                .transpose()
+                .map_err(fail)?;
+            let req = disk::DiskRequest {
+                repo,
+                rev,
+                out,
+                format,
+                size,
+                kargs,
+                osname,
+                bootloader,
+            };
+            let started = std::time::Instant::now();
+            let outcome = disk::build(&req).map_err(fail)?;
+            log::info!(
+                "wrote {} ({} bytes) in {:.1} s",
+                outcome.path.display(),
+                outcome.size,
+                started.elapsed().as_secs_f64()
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&outcome).expect("the summary serializes")
+            );
             Ok(())
         }
         Cmd::Inspect { repo, rev } => {

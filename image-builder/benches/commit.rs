@@ -112,6 +112,11 @@ fn overlay_dir(dir: &Path, agent: &Path, profiles: &Path, config: &Path) -> Path
         o.join("usr/share/berth/profiles/p/templates/a.j2"),
     )
     .unwrap();
+    std::fs::copy(
+        profiles.join("p/profile.yaml"),
+        o.join("usr/share/berth/profiles/p/profile.yaml"),
+    )
+    .unwrap();
     std::fs::copy(config, o.join("usr/etc/berth/config.yaml")).unwrap();
     o
 }
@@ -151,6 +156,7 @@ fn main() {
     let profiles = work.path().join("profiles");
     std::fs::create_dir_all(profiles.join("p/templates")).unwrap();
     std::fs::write(profiles.join("p/templates/a.j2"), b"x = {{ y }}\n").unwrap();
+    std::fs::write(profiles.join("p/profile.yaml"), b"name: p\n").unwrap();
     let config = work.path().join("config.yaml");
     std::fs::write(&config, b"cluster: bench\n").unwrap();
 

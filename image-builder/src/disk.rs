@@ -480,6 +480,9 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     }
     .make()?;
 
+    File::open(&raw)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&raw))?;
     let tmp_out = work.path().join("out");
     match req.format {
         Format::Raw => std::fs::rename(&raw, &tmp_out).map_err(io(&tmp_out))?,

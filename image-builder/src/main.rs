@@ -98,6 +98,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "systemd-boot")]
         bootloader: berth_image::disk::Bootloader,
     },
+    /// Upload a raw disk as an EBS snapshot and register it as an AMI. Prints a JSON summary.
+    Ami(berth_image::ami::AmiArgs),
     /// Show what berth layered on a commit, compared to its base.
     Inspect {
         #[arg(long)]
@@ -255,6 +257,7 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             );
             Ok(())
         }
+        Cmd::Ami(args) => berth_image::ami::run_cli(args),
         Cmd::Inspect { repo, rev } => {
             let report = inspect::inspect(&repo, &rev).map_err(|e| {
                 let code = match &e {

@@ -121,6 +121,10 @@ pub fn deploy(
 
     // pull-local: a file:// URL makes libostree import objects directly from the repo.
     let dest = sysroot.repo();
+    // The sysroot is a scratch tree that becomes a file system image; syncing each of its
+    // tens of thousands of objects would only wait on the build machine's disk (the image file
+    // itself is synced once, at the end).
+    dest.set_disable_fsync(true);
     let url = format!("file://{}", absolute(repo).display());
     let refs: Vec<&str> = vec![if is_ref { rev } else { commit.as_str() }];
     let opts = glib::VariantDict::new(None);

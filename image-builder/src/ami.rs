@@ -643,7 +643,10 @@ async fn create(
     if started.block_size != BLOCK_SIZE as u64 {
         let e = AmiError::Invalid {
             field: "StartSnapshot BlockSize".into(),
-            what: format!("EBS uses {} byte blocks, berth writes {BLOCK_SIZE}", started.block_size),
+            what: format!(
+                "EBS uses {} byte blocks, berth writes {BLOCK_SIZE}",
+                started.block_size
+            ),
         };
         return Err(cleanup(ec2, creds, &started.snapshot_id, e).await);
     }
@@ -849,7 +852,12 @@ impl AmiArgs {
             }
         }
         let mut copy_regions: Vec<String> = Vec::new();
-        for r in self.regions.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+        for r in self
+            .regions
+            .iter()
+            .map(|r| r.trim())
+            .filter(|r| !r.is_empty())
+        {
             if !copy_regions.iter().any(|c| c == r) {
                 copy_regions.push(r.to_string());
             }
@@ -884,7 +892,10 @@ pub fn provider(imds_endpoint: Option<Url>) -> Provider {
         Some(u) => vec![u],
         None => ImdsClient::default_endpoints(),
     };
-    Provider::new(Env::process(), Some(ImdsClient::new(endpoints, imds_policy())))
+    Provider::new(
+        Env::process(),
+        Some(ImdsClient::new(endpoints, imds_policy())),
+    )
 }
 
 /// Runs `berth-image ami` and prints the outcome as JSON. Exit codes: 1 failed, 3 refused.

@@ -123,7 +123,10 @@ fn expand_home(p: &str, home: Option<&Path>) -> PathBuf {
 
 /// The first two sources, which need no network: `Ok(None)` when neither is configured.
 pub fn from_env_or_file(env: &Env) -> Result<Option<(Credentials, Source)>, CredsError> {
-    match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+    match (
+        env.get("AWS_ACCESS_KEY_ID"),
+        env.get("AWS_SECRET_ACCESS_KEY"),
+    ) {
         (Some(id), Some(secret)) => {
             return Ok(Some((
                 Credentials {

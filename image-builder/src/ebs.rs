@@ -458,7 +458,11 @@ impl EbsClient {
         .map_err(|g| EbsError::from_gave_up(action, g))
     }
 
-    async fn attempt(&self, call: &Call<'_>, attempt: Attempt) -> Result<Answer, Verdict<EbsError>> {
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        attempt: Attempt,
+    ) -> Result<Answer, Verdict<EbsError>> {
         let action = call.action;
         let started = Instant::now();
         let url = self
@@ -562,9 +566,8 @@ impl EbsClient {
                     .map(|s| s.chars().take(1024).collect::<String>())
             })
         };
-        let kind = kind.or_else(|| {
-            text("__type").map(|t| t.rsplit('#').next().unwrap_or(&t).to_string())
-        });
+        let kind =
+            kind.or_else(|| text("__type").map(|t| t.rsplit('#').next().unwrap_or(&t).to_string()));
         let transient = status == 429 || status >= 500;
         let error = match kind {
             Some(kind) => {
@@ -643,7 +646,10 @@ mod tests {
     #[test]
     fn checksum_is_base64_sha256() {
         // sha256("") = e3b0c442...; base64 of those 32 bytes:
-        assert_eq!(checksum(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(
+            checksum(b""),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
     }
 
     #[test]

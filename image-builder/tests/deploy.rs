@@ -7,6 +7,30 @@ mod common;
 
 use common::*;
 
+/// OSTree makes each deployment root immutable (chattr +i); clear it so the
+/// temporary sysroot can be removed when the test ends, pass or fail.
+struct Immutable(std::path::PathBuf);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let deploys = self.0.join("ostree/deploy/fedora/deploy");
+        for entry in std::fs::read_dir(deploys).into_iter().flatten().flatten() {
+            let ok = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(entry.path())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                eprintln!(
+                    "cannot chattr -i {}; it stays behind",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -29,6 +53,7 @@ fn layered_commit_deploys_with_etc_merged_and_units_enabled() {
 
     let sysroot = fx.path("sysroot");
     std::fs::create_dir(&sysroot).unwrap();
+    let _immutable = Immutable(sysroot.clone());
     let s = sysroot.to_str().unwrap();
     ostree(&["admin", "init-fs", s]);
     ostree(&["admin", "os-init", "--sysroot", s, "fedora"]);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the berth-image suites need: libostree (headers to build the
 # ostree crate, the CLI the tests check with), attr (setfattr for xattrs on
-# the base tree) and gnupg (signing test). Idempotent; a no-op when present.
+# the base tree), gnupg (signing test) and e2fsprogs (chattr, to remove a
+# test sysroot whose deployment OSTree made immutable). Idempotent; a no-op when present.
 set -euo pipefail
 
 CACHE="${BERTH_CACHE:-/var/cache/berth}"
@@ -12,6 +13,7 @@ command -v ostree >/dev/null 2>&1 || need+=(ostree)
 pkg-config --exists ostree-1 2>/dev/null || need+=(libostree-dev pkg-config)
 command -v setfattr >/dev/null 2>&1 || need+=(attr)
 command -v gpg-agent >/dev/null 2>&1 || need+=(gnupg)
+command -v chattr >/dev/null 2>&1 || need+=(e2fsprogs)
 
 if ((${#need[@]})); then
     echo "tests/setup/image.sh: installing ${need[*]}"

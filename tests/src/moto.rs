@@ -241,6 +241,67 @@ impl Moto {
         moto
     }
 
+    /// As [`start_or_skip`](Self::start_or_skip), for [`start_plain`](Self::start_plain).
+    pub fn start_plain_or_skip() -> Option<Moto> {
+        if !installed() {
+            let msg = format!(
+                "moto is not installed at {}: run `bash tests/setup/moto.sh` (as root, or with \
+                 BERTH_CACHE pointing at a writable directory)",
+                venv().display()
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}");
+            }
+            eprintln!("\n!!! SKIPPING the moto test: {msg}\n");
+            return None;
+        }
+        Some(Moto::start_plain())
+    }
+
+    /// A bare moto serving every service on one port (EC2, and the EBS direct APIs routed by
+    /// the SigV4 service name `ebs`), started normally: any credentials are accepted and no
+    /// world is built (`world` is empty). For suites that create their own resources.
+    pub fn start_plain() -> Moto {
+        let began = Instant::now();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("moto.log");
+        let log_file = std::fs::File::create(&log).expect("moto log file");
+        let child = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .env("NO_COLOR", "1")
+            .env("TERM", "dumb")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("moto_server starts");
+        let mut moto = Moto {
+            child,
+            url: String::new(),
+            world: World {
+                region: String::new(),
+                vpc_id: String::new(),
+                subnet_id: String::new(),
+                security_groups: BTreeMap::new(),
+                instances: BTreeMap::new(),
+                credentials: BTreeMap::new(),
+                setup_calls: 0,
+            },
+            log,
+            _dir: dir,
+            startup: Duration::ZERO,
+        };
+        let addr = moto.wait_listening();
+        moto.url = format!("http://{addr}");
+        moto.startup = began.elapsed();
+        moto
+    }
+
+    /// The venv's python, for scripts that use boto3 against this moto.
+    pub fn python() -> PathBuf {
+        venv().join("bin/python")
+    }
+
     /// Waits for werkzeug's "Running on http://127.0.0.1:PORT" and a successful connect.
     fn wait_listening(&mut self) -> SocketAddr {
         let deadline = Instant::now() + START_DEADLINE;

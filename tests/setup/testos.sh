@@ -96,6 +96,16 @@ for unit in getty@tty1.service apt-daily.timer apt-daily-upgrade.timer e2scrub_a
     e2scrub_reap.service fstrim.timer systemd-timesyncd.service; do
     in_root systemctl mask "$unit" >/dev/null 2>&1 || true
 done
+# Generators the test OS has no use for. systemd runs every generator at boot and again at each
+# daemon-reload (berth-agent reloads after writing units); under TCG each one costs a noticeable
+# fraction of a second. Kept: fstab (/boot), debug (systemd.mask= on the command line), getty,
+# and OSTree's own.
+mkdir -p "$ROOT/etc/systemd/system-generators"
+for g in systemd-cryptsetup-generator systemd-gpt-auto-generator systemd-hibernate-resume-generator \
+    systemd-integritysetup-generator systemd-rc-local-generator systemd-run-generator \
+    systemd-system-update-generator systemd-sysv-generator systemd-veritysetup-generator; do
+    ln -sf /dev/null "$ROOT/etc/systemd/system-generators/$g"
+done
 in_root apt-get clean
 cleanup
 mounted=()

@@ -7,3 +7,4 @@ pub mod dbus;
 pub mod moto;
 pub mod nspawn;
 pub mod rpmostree_double;
+pub mod qemu;

@@ -1,0 +1,434 @@
+//! Booting berth's disk images in QEMU: the test OS (tests/setup/testos.sh) layered by
+//! `berth-image commit`, turned into a disk by `berth-image disk`, booted with user networking
+//! that relays the guest's IMDS and EC2 addresses to a `berth-sim` region on the host.
+//!
+//! The guest sees the metadata service where EC2 puts it: QEMU's user network is
+//! `169.254.169.0/24`, and `guestfwd` hands each guest connection to 169.254.169.254:80 (IMDS)
+//! or 169.254.169.253:80 (EC2, the test OS's `ec2_endpoint`) to a fresh `nc 127.0.0.1 PORT`
+//! (the `cmd:` form: one relay per connection; the `tcp:` form serves only the first). Nothing
+//! leaves the host's loopback.
+//!
+//! Acceleration: TCG unless `BERTH_QEMU_ACCEL=kvm` (this project's CI machines have a /dev/kvm
+//! that cannot run a stock kernel; where KVM works, set it).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::agent::workspace;
+
+/// The base commit tests/setup/testos.sh builds.
+pub const BASE_REF: &str = "berth-testos/x86_64/base";
+/// The stateroot the tests deploy into.
+pub const OSNAME: &str = "berth-testos";
+/// Where the guest finds the emulated EC2 endpoint (tests/testos/layer/berth-config.yaml).
+pub const EC2_GUEST_ADDR: &str = "169.254.169.253:80";
+pub const IMDS_GUEST_ADDR: &str = "169.254.169.254:80";
+
+/// A powered-down guest flushes and exits within seconds; after this it is killed.
+const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(std::env::var("BERTH_CACHE").unwrap_or_else(|_| "/var/cache/berth".into()))
+}
+
+/// The cached test OS repository, or `None` when tests/setup/testos.sh has not run.
+pub fn testos_repo() -> Option<PathBuf> {
+    let dir = cache_dir().join("testos");
+    dir.join(".berth-testos-complete")
+        .is_file()
+        .then(|| dir.join("repo"))
+}
+
+/// Binaries of the workspace the QEMU suite needs (berth-image, berth-agent, berth-sim and the
+/// stand-in daemon), built once per test process.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let build = |args: &[&str]| {
+            Command::new(&cargo)
+                .args(["build", "--quiet"])
+                .args(args)
+                .current_dir(workspace())
+                .status()
+                .expect("cargo runs")
+                .success()
+        };
+        let status = build(&[
+            "-p",
+            "berth-image",
+            "-p",
+            "berth-agent",
+            "-p",
+            "berth-sim",
+            "--bins",
+        ]) && build(&["-p", "berth-e2e", "--bin", "berth-standin"]);
+        assert!(status, "building the workspace's binaries failed");
+    });
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// A debug binary without its debug info: what goes into the image (a 140 MB agent would make
+/// every disk build and boot slower for nothing).
+fn stripped(src: &Path, dir: &Path) -> PathBuf {
+    let dest = dir.join(src.file_name().unwrap());
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&dest)
+        .arg(src));
+    dest
+}
+
+/// The test OS with berth layered on: the agent and its shipped unit, the profiles, the image
+/// defaults of tests/testos/layer/berth-config.yaml (`upgrade: false`, the EC2 endpoint), and
+/// the stand-in daemon behind every Fedora 21 unit.
+pub struct Layered {
+    pub repo: PathBuf,
+    pub rev: String,
+    pub commit: String,
+}
+
+/// Layers berth onto the cached base under a ref of its own (`berth-testos/x86_64/test-NAME`).
+pub fn layer(repo: &Path, name: &str, scratch: &Path) -> Layered {
+    let agent = stripped(&bin("berth-agent"), scratch);
+    let standin = stripped(&bin("berth-standin"), scratch);
+    // The shipped units, without the directory's README.
+    let units = scratch.join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    for f in ["berth-agent.service", "50-berth.preset"] {
+        std::fs::copy(workspace().join("configs/systemd").join(f), units.join(f)).unwrap();
+    }
+    let rev = format!("berth-testos/x86_64/test-{name}");
+    let mut cmd = Command::new(bin("berth-image"));
+    cmd.arg("commit")
+        .arg("--repo")
+        .arg(repo)
+        .args(["--base", BASE_REF, "--ref", &rev])
+        .arg("--agent")
+        .arg(&agent)
+        .arg("--units")
+        .arg(&units)
+        .arg("--profiles")
+        .arg(workspace().join("configs/profiles"))
+        .arg("--add-file")
+        .arg(format!(
+            "{}:/usr/share/berth/config.yaml",
+            workspace()
+                .join("tests/testos/layer/berth-config.yaml")
+                .display()
+        ));
+    for daemon in crate::nspawn::STANDINS {
+        cmd.arg("--add-file")
+            .arg(format!("{}:/usr/bin/{daemon}", standin.display()));
+    }
+    let out = run(&mut cmd);
+    Layered {
+        repo: repo.to_path_buf(),
+        rev,
+        commit: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    }
+}
+
+/// What `berth-image disk` printed.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DiskSummary {
+    pub path: PathBuf,
+    pub size: u64,
+    pub commit: String,
+    pub deployment: String,
+    pub partitions: Vec<PartitionSummary>,
+    pub entry: EntrySummary,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PartitionSummary {
+    pub name: String,
+    pub offset: u64,
+    pub size: u64,
+    pub filesystem: String,
+    pub fs_id: String,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct EntrySummary {
+    pub linux: String,
+    pub initrd: String,
+    pub options: String,
+}
+
+impl DiskSummary {
+    pub fn partition(&self, name: &str) -> &PartitionSummary {
+        self.partitions
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no partition {name} in {:?}", self.partitions))
+    }
+}
+
+/// `berth-image disk ARGS...`, returning the summary and the wall time it took.
+pub fn build_disk(layered: &Layered, out: &Path, extra: &[&str]) -> (DiskSummary, Duration) {
+    let started = Instant::now();
+    let o = run(Command::new(bin("berth-image"))
+        .arg("disk")
+        .arg("--repo")
+        .arg(&layered.repo)
+        .args(["--ref", &layered.rev, "--osname", OSNAME])
+        .arg("--out")
+        .arg(out)
+        .args(extra));
+    let took = started.elapsed();
+    let s = serde_json::from_slice(&o.stdout).expect("berth-image disk prints its JSON summary");
+    (s, took)
+}
+
+/// A file of an ext4 partition inside a raw disk image, read with debugfs (no mount).
+pub fn debugfs_cat(disk: &Path, offset: u64, path: &str) -> Option<Vec<u8>> {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(format!("{}?offset={offset}", disk.display()))
+        .output()
+        .expect("debugfs (e2fsprogs) runs");
+    // debugfs answers a missing file on stderr with status 0 and nothing on stdout.
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || err.contains("File not found") {
+        return None;
+    }
+    Some(out.stdout)
+}
+
+/// `debugfs dump`: copies a file out of an ext4 partition of a raw disk image.
+pub fn debugfs_dump(disk: &Path, offset: u64, path: &str, dest: &Path) {
+    run(Command::new("debugfs")
+        .args(["-R", &format!("dump {path} {}", dest.display())])
+        .arg(format!("{}?offset={offset}", disk.display())));
+    assert!(
+        std::fs::metadata(dest)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false),
+        "debugfs could not dump {path} from {}",
+        disk.display()
+    );
+}
+
+/// The kernel, initramfs and command line of the disk's boot entry, copied out of its /boot
+/// partition: QEMU boots them directly (faster than through firmware and systemd-boot).
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub options: String,
+}
+
+pub fn direct_boot(summary: &DiskSummary, disk: &Path, dir: &Path) -> DirectBoot {
+    let boot = summary.partition("boot");
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd");
+    debugfs_dump(disk, boot.offset, &summary.entry.linux, &kernel);
+    debugfs_dump(disk, boot.offset, &summary.entry.initrd, &initrd);
+    DirectBoot {
+        kernel,
+        initrd,
+        options: summary.entry.options.clone(),
+    }
+}
+
+/// How a guest boots.
+pub enum Firmware<'a> {
+    /// `-kernel/-initrd/-append` from the disk's entry, plus extra arguments.
+    Direct(&'a DirectBoot, &'a str),
+    /// UEFI (OVMF) firmware, which starts the disk's own systemd-boot.
+    Uefi,
+}
+
+/// A running guest, killed (by PID) when dropped.
+pub struct Qemu {
+    child: Option<Child>,
+    pub serial: PathBuf,
+    monitor: PathBuf,
+    started: Instant,
+}
+
+/// The relays of the guest's link-local service addresses to host ports.
+pub struct Forwards {
+    pub imds_port: u16,
+    pub ec2_port: u16,
+}
+
+fn accel() -> String {
+    std::env::var("BERTH_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into())
+}
+
+impl Qemu {
+    /// Boots `disk` (raw) with 2 vCPUs and 1 GiB. `name` names the serial log and monitor
+    /// socket in `dir`.
+    pub fn boot(
+        dir: &Path,
+        name: &str,
+        disk: &Path,
+        firmware: Firmware<'_>,
+        fwd: &Forwards,
+        smp: u32,
+    ) -> Qemu {
+        let serial = dir.join(format!("{name}.serial"));
+        let monitor = dir.join(format!("{name}.monitor"));
+        let nc = which_nc();
+        let netdev = format!(
+            "user,id=n0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,\
+             dhcpstart=169.254.169.15,\
+             guestfwd=tcp:{IMDS_GUEST_ADDR}-cmd:{nc} 127.0.0.1 {},\
+             guestfwd=tcp:{EC2_GUEST_ADDR}-cmd:{nc} 127.0.0.1 {}",
+            fwd.imds_port, fwd.ec2_port
+        );
+        let accel = accel();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", &accel])
+            .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
+            .args(["-smp", &smp.to_string(), "-m", "1024"])
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server,nowait", monitor.display()))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()))
+            .args(["-netdev", &netdev])
+            .args(["-device", "virtio-net-pci,netdev=n0"]);
+        match firmware {
+            Firmware::Direct(b, extra) => {
+                cmd.arg("-kernel")
+                    .arg(&b.kernel)
+                    .arg("-initrd")
+                    .arg(&b.initrd)
+                    .arg("-append")
+                    .arg(format!("{} {extra}", b.options));
+            }
+            Firmware::Uefi => {
+                let vars = dir.join(format!("{name}.vars.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .expect("OVMF (tests/setup/qemu.sh installs it)");
+                cmd.arg("-drive")
+                    .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd
+            .spawn()
+            .expect("qemu-system-x86_64 (tests/setup/qemu.sh)");
+        Qemu {
+            child: Some(child),
+            serial,
+            monitor,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console has a line containing `needle`; panics with the console's tail
+    /// on timeout or when QEMU exits first. Returns the time since boot.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(needle) {
+                return self.started.elapsed();
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "QEMU exited ({status}) before the console showed {needle:?}:\n{}",
+                    tail(&self.console(), 60)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {needle:?} on the console after {timeout:?}:\n{}",
+                    tail(&self.console(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// ACPI power button, then waits for QEMU to exit, so that the guest's file systems are
+    /// clean when the test reads the disk.
+    pub fn powerdown(&mut self) {
+        if let Ok(mut s) = UnixStream::connect(&self.monitor) {
+            let _ = s.write_all(b"system_powerdown\n");
+        }
+        let deadline = Instant::now() + POWERDOWN_TIMEOUT;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the guest did not power off within {POWERDOWN_TIMEOUT:?}:\n{}",
+                    tail(&self.console(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn which_nc() -> &'static str {
+    // OpenBSD netcat exits when the guest closes its side; the Debian `nc` alternative may
+    // point at another netcat whose flags differ.
+    if Path::new("/usr/bin/nc.openbsd").exists() || Path::new("/bin/nc.openbsd").exists() {
+        "nc.openbsd"
+    } else {
+        "nc"
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A sparse copy of a disk image.
+pub fn copy_disk(from: &Path, to: &Path) {
+    run(Command::new("cp").arg("--sparse=always").arg(from).arg(to));
+}

@@ -22,3 +22,4 @@ pub mod inspect;
 pub mod overlay;
 pub mod tree;
 pub mod units;
+pub mod vagrant;

@@ -100,6 +100,15 @@ enum Cmd {
     },
     /// Upload a raw disk as an EBS snapshot and register it as an AMI. Prints a JSON summary.
     Ami(berth_image::ami::AmiArgs),
+    /// Package a disk made by `berth-image disk` as a Vagrant box (libvirt provider).
+    VagrantBox {
+        /// The disk image (raw or qcow2).
+        #[arg(long)]
+        disk: PathBuf,
+        /// The box file to write, e.g. berth.box.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show what berth layered on a commit, compared to its base.
     Inspect {
         #[arg(long)]
@@ -258,6 +267,21 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             Ok(())
         }
         Cmd::Ami(args) => berth_image::ami::run_cli(args),
+        Cmd::VagrantBox { disk, out } => {
+            let outcome = berth_image::vagrant::package(&disk, &out).map_err(|e| {
+                let code = if e.is_refusal() {
+                    EXIT_REFUSED
+                } else {
+                    EXIT_FAILED
+                };
+                (code, e.to_string())
+            })?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&outcome).expect("the summary serializes")
+            );
+            Ok(())
+        }
         Cmd::Inspect { repo, rev } => {
             let report = inspect::inspect(&repo, &rev).map_err(|e| {
                 let code = match &e {

@@ -9,8 +9,11 @@
 set -euo pipefail
 
 need=()
-command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
-command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# Installed together: qemu-system-x86 pins the qemu-utils version it works with, and apt removes
+# a qemu-utils from another release (e.g. a backport) when it installs qemu-system-x86 alone.
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then
+    need+=(qemu-system-x86 qemu-utils)
+fi
 command -v mkfs.fat >/dev/null 2>&1 || need+=(dosfstools)
 command -v mcopy >/dev/null 2>&1 || need+=(mtools)
 command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
@@ -23,3 +26,7 @@ if ((${#need[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+command -v qemu-img >/dev/null && command -v qemu-system-x86_64 >/dev/null || {
+    echo "tests/setup/qemu.sh: qemu-img or qemu-system-x86_64 still missing" >&2
+    exit 1
+}

@@ -34,6 +34,7 @@ fn package(tool: &str) -> &'static str {
         "mkfs.fat" => "dosfstools",
         "mcopy" | "mmd" => "mtools",
         "qemu-img" => "qemu-utils",
+        "tar" => "tar",
         _ => "?",
     }
 }

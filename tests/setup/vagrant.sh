@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the Vagrant checks need (image-builder/tests/disk_vagrant.rs): Debian's vagrant
+# with its libvirt provider plugin, so that `vagrant validate` checks the top-level Vagrantfile's
+# libvirt settings too, and tar for `berth-image vagrant-box`. Nothing is started: the checks
+# validate and package, they do not boot VMs.
+#
+# Idempotent: a no-op when the tools are present.
+set -euo pipefail
+
+need=()
+command -v vagrant >/dev/null 2>&1 || need+=(vagrant)
+dpkg-query -W -f='${Status}' vagrant-libvirt 2>/dev/null | grep -q "ok installed" || need+=(vagrant-libvirt)
+command -v tar >/dev/null 2>&1 || need+=(tar)
+
+if ((${#need[@]})); then
+    echo "tests/setup/vagrant.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi

@@ -383,12 +383,10 @@ impl Qemu {
     /// ACPI power button, then waits for QEMU to exit, so that the guest's file systems are
     /// clean when the test reads the disk.
     pub fn powerdown(&mut self) {
-        if let Ok(mut s) = UnixStream::connect(&self.monitor) {
-            let _ = s.write_all(b"system_powerdown\n");
-        }
         let deadline = Instant::now() + POWERDOWN_TIMEOUT;
-        let child = self.child.as_mut().expect("running");
+        let mut next_press = Instant::now();
         loop {
+            let child = self.child.as_mut().expect("running");
             if child.try_wait().ok().flatten().is_some() {
                 self.child = None;
                 return;
@@ -399,8 +397,41 @@ impl Qemu {
                     tail(&self.console(), 40)
                 );
             }
+            // A button press the guest missed (still starting logind, or busy under TCG) is
+            // pressed again.
+            if Instant::now() >= next_press {
+                self.monitor_command("system_powerdown");
+                next_press = Instant::now() + Duration::from_secs(20);
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// Sends one command to the human monitor and waits for its prompt to come back, so the
+    /// command is read before the connection closes.
+    fn monitor_command(&self, command: &str) {
+        use std::io::Read;
+        let Ok(mut s) = UnixStream::connect(&self.monitor) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        let mut read_prompt = |s: &mut UnixStream, seen: &mut Vec<u8>| {
+            let start = seen.len();
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen[start..].windows(6).any(|w| w == b"(qemu)") {
+                    break;
+                }
+            }
+        };
+        read_prompt(&mut s, &mut seen);
+        let _ = s.write_all(format!("{command}\n").as_bytes());
+        read_prompt(&mut s, &mut seen);
     }
 }
 

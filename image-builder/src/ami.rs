@@ -132,9 +132,9 @@ pub enum AmiError {
     #[error(transparent)]
     Credentials(#[from] CredsError),
     #[error(transparent)]
-    Ebs(#[from] EbsError),
+    Ebs(Box<EbsError>),
     #[error(transparent)]
-    Images(#[from] ImagesError),
+    Images(Box<ImagesError>),
     #[error("snapshot {snapshot_id} ended in state `{status}` instead of `completed`")]
     SnapshotFailed { snapshot_id: String, status: String },
     #[error("a block upload task failed: {0}")]
@@ -144,13 +144,25 @@ pub enum AmiError {
     #[error("image {image_id} is registered, but tagging it or its snapshot failed: {source}")]
     Tagging {
         image_id: String,
-        source: ImagesError,
+        source: Box<ImagesError>,
     },
     #[error("{source}; {cleanup}")]
     CleanedUp {
         source: Box<AmiError>,
         cleanup: String,
     },
+}
+
+impl From<EbsError> for AmiError {
+    fn from(e: EbsError) -> Self {
+        AmiError::Ebs(Box::new(e))
+    }
+}
+
+impl From<ImagesError> for AmiError {
+    fn from(e: ImagesError) -> Self {
+        AmiError::Images(Box::new(e))
+    }
 }
 
 impl AmiError {
@@ -304,6 +316,7 @@ impl AmiRequest {
 }
 
 /// The disk, opened and checked: a raw image, not empty.
+#[derive(Debug)]
 pub struct Disk {
     file: File,
     path: PathBuf,
@@ -665,7 +678,7 @@ async fn create(
             .await
             .map_err(|e| AmiError::Tagging {
                 image_id: outcome.image_id.clone(),
-                source: e,
+                source: Box::new(e),
             })?;
     }
     Ok(outcome)

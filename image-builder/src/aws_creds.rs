@@ -258,7 +258,7 @@ impl Provider {
     pub async fn get(&self) -> Result<(Credentials, Source), CredsError> {
         let mut current = self.current.lock().await;
         if let Some((c, s)) = &*current {
-            let fresh = c.expiration.map_or(true, |exp| {
+            let fresh = c.expiration.is_none_or(|exp| {
                 exp.duration_since(SystemTime::now()).unwrap_or_default() > REFRESH_BEFORE
             });
             if fresh {

@@ -229,7 +229,15 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
             }
             Ok(Outcome::Rebooting) => {
                 log::info!("rebooting into the upgraded deployment");
-                notify::status("rebooting into the upgraded deployment");
+                if once {
+                    return ExitCode::SUCCESS;
+                }
+                // Under Type=notify, exiting before READY=1 would mark the unit failed (and
+                // Restart= would start it again while the reboot is on its way): report ready,
+                // then wait for the shutdown the reboot brings.
+                notify::notify("READY=1\nSTATUS=rebooting into the upgraded deployment");
+                shutdown().await;
+                notify::notify("STOPPING=1");
                 return ExitCode::SUCCESS;
             }
             Err(e) => {

@@ -426,7 +426,11 @@ impl Agent {
                 if *op == UnitOp::Restart {
                     log::info!("restarted {} ({} changed)", u.unit, u.because.join(", "));
                     state.pending_restarts.remove(&u.unit);
-                    state.save(&root)?;
+                    // A restart done is recorded at once, so that a crash later in the run
+                    // does not restart the unit again; a recorded-only restart needs no such care.
+                    if self.opts.host_actions {
+                        state.save(&root)?;
+                    }
                 }
                 self.step(&format!("{op} {}", u.unit));
             }

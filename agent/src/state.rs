@@ -157,11 +157,10 @@ impl State {
         let json = serde_json::to_vec_pretty(self).expect("state serializes");
         write_atomic(&dir.join("state.json"), &json, 0o644)?;
         let pointer = host_path(root, STATE_DIR).join("current");
-        write_atomic(
-            &pointer,
-            format!("{}\n", self.instance_id).as_bytes(),
-            0o644,
-        )?;
+        let line = format!("{}\n", self.instance_id);
+        if std::fs::read(&pointer).ok().as_deref() != Some(line.as_bytes()) {
+            write_atomic(&pointer, line.as_bytes(), 0o644)?;
+        }
         Ok(())
     }
 }

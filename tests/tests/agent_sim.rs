@@ -454,3 +454,86 @@ fn ec2_endpoint_from_the_host_config_file() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/berth/config.yaml: `ec2_endpoint`"));
 }
+
+/// The polling rule (agent/src/poll.rs) keeps the whole cluster's DescribeInstances rate within
+/// `poll.cluster_requests_per_second`, however many nodes poll: twelve reconcile daemons asked
+/// to poll every 50 ms would send 240 requests a second without it.
+#[test]
+fn cluster_wide_describe_rate_stays_within_the_budget() {
+    use std::time::{Duration, Instant};
+    let mut spec = ClusterSpec::seed();
+    spec.not_launched.clear();
+    for i in 0..10 {
+        let mut m = InstanceSpec::new(
+            &format!("minion-{i}"),
+            format!("172.30.0.{}", 100 + i).parse().unwrap(),
+        );
+        m.tags.insert("role".into(), "minion".into());
+        m.tags.insert("berth:cluster".into(), "seed".into());
+        m.iam_role = Some("berth-node".into());
+        spec.instances.push(m);
+    }
+    let region = Region::start(spec);
+    let budget = 6.0;
+    let names: Vec<String> = region
+        .sim
+        .instances()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names.len(), 12);
+    let mut roots = Vec::new();
+    let mut agents = Vec::new();
+    for name in &names {
+        let root = fedora_root();
+        std::fs::create_dir_all(root.path().join("etc/berth")).unwrap();
+        std::fs::write(
+            root.path().join("etc/berth/config.yaml"),
+            format!("poll:\n  interval_seconds: 0.05\n  cluster_requests_per_second: {budget}\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new(berth_e2e::agent::bin("berth-agent"))
+            .args(["run", "--no-host-actions", "--root"])
+            .arg(root.path())
+            .args(["--imds-endpoint", &region.sim.imds_url(name).unwrap()])
+            .args(["--ec2-endpoint", &region.sim.ec2_url()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        agents.push(child);
+        roots.push(root);
+    }
+    // Past the first convergence of every node (which is immediate, by design), count the
+    // requests of a 6 s window.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(6);
+    let from = std::time::SystemTime::now();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = start.elapsed().as_secs_f64();
+    let calls = region
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("DescribeInstances") && r.time >= from)
+        .count();
+    for mut a in agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let rate = calls as f64 / elapsed;
+    eprintln!(
+        "{calls} DescribeInstances in {elapsed:.1} s: {rate:.1}/s for a budget of {budget}/s"
+    );
+    // The expected rate is the budget; jitter and the window's edges allow some excess, far
+    // from the 240/s of unbudgeted polling.
+    assert!(
+        rate <= budget * 1.5,
+        "{rate:.1}/s exceeds the budget of {budget}/s"
+    );
+    assert!(
+        rate >= budget * 0.3,
+        "{rate:.1}/s: the daemons are not polling"
+    );
+}

@@ -244,7 +244,6 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
         "/etc/etcd/etcd.conf",
         "/etc/kubernetes/config",
         "/etc/kubernetes/apiserver",
-        "/etc/kubernetes/controller-manager",
         "/etc/systemd/system/kubelet.service",
     ] {
         let want = std::fs::read(golden.join(&f[1..])).unwrap();
@@ -256,6 +255,14 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
             "{f} differs from tests/golden"
         );
     }
+    // The golden controller-manager lists fed-minion-2 too (launched later in the seed's story);
+    // this region runs the master and one minion.
+    let cm = deployed_file(&disk, &summary, "/etc/kubernetes/controller-manager").unwrap();
+    assert!(
+        String::from_utf8_lossy(&cm).contains("KUBELET_ADDRESSES=\"--machines=fed-minion\"\n"),
+        "{}",
+        String::from_utf8_lossy(&cm)
+    );
     let s1 = state(&disk, &summary, &master).expect("no state for the first instance");
     assert_eq!(s1["phase"], "converged", "{s1:#}");
     assert_eq!(s1["role"], "master");

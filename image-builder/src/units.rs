@@ -7,18 +7,17 @@
 
 use crate::overlay::{Node, Overlay, PathError, PRESET_DIR, UNIT_DIR};
 
-/// The units shipped inside berth-image until `configs/systemd/` holds the
-/// lead's copies; `--units DIR` overrides them.
+/// The agent's units from `configs/systemd/`, built into berth-image; `--units DIR` overrides
+/// them. One unit does first boot, the upgrade reboot and the reconcile (see its header).
 pub const EMBEDDED: &[(&str, &str)] = &[
     (
-        "berth-firstboot.service",
-        include_str!("../data/berth-firstboot.service"),
+        "berth-agent.service",
+        include_str!("../../configs/systemd/berth-agent.service"),
     ),
     (
-        "berth-agent.service",
-        include_str!("../data/berth-agent.service"),
+        "50-berth.preset",
+        include_str!("../../configs/systemd/50-berth.preset"),
     ),
-    ("50-berth.preset", include_str!("../data/50-berth.preset")),
 ];
 
 const UNIT_SUFFIXES: &[&str] = &[
@@ -254,7 +253,7 @@ mod tests {
             .get("/usr/lib/systemd/system-preset/50-berth.preset")
             .is_some());
         assert!(o
-            .get("/usr/lib/systemd/system/berth-firstboot.service")
+            .get("/usr/lib/systemd/system/berth-agent.service")
             .is_some());
     }
 

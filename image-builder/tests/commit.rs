@@ -15,10 +15,8 @@ const EXPECTED_DIFF: &[&str] = &[
     "A    /usr/etc/berth",
     "A    /usr/etc/berth/config.yaml",
     "A    /usr/lib/systemd/system/berth-agent.service",
-    "A    /usr/lib/systemd/system/berth-firstboot.service",
     "A    /usr/lib/systemd/system/multi-user.target.wants",
     "A    /usr/lib/systemd/system/multi-user.target.wants/berth-agent.service",
-    "A    /usr/lib/systemd/system/multi-user.target.wants/berth-firstboot.service",
     "A    /usr/lib/systemd/system-preset",
     "A    /usr/lib/systemd/system-preset/50-berth.preset",
     "A    /usr/share/berth",
@@ -84,9 +82,9 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
     let link = ls(
         repo,
         NEW_REF,
-        "/usr/lib/systemd/system/multi-user.target.wants/berth-firstboot.service",
+        "/usr/lib/systemd/system/multi-user.target.wants/berth-agent.service",
     );
-    assert_eq!(link.last().unwrap(), "../berth-firstboot.service");
+    assert_eq!(link.last().unwrap(), "../berth-agent.service");
 
     // Contents are the inputs, byte for byte.
     let agent_bytes = std::fs::read(&fx.agent).unwrap();
@@ -185,7 +183,7 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
         "{text}"
     );
     assert!(
-        text.contains("units     berth-agent.service berth-firstboot.service"),
+        text.contains("units     berth-agent.service"),
         "{text}"
     );
     assert!(text.contains("profiles  legacy-2015"), "{text}");

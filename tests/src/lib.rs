@@ -6,5 +6,5 @@ pub mod agent_host;
 pub mod dbus;
 pub mod moto;
 pub mod nspawn;
-pub mod rpmostree_double;
 pub mod qemu;
+pub mod rpmostree_double;

@@ -182,10 +182,7 @@ fn layered_commit_differs_from_base_by_exactly_berths_files() {
         )),
         "{text}"
     );
-    assert!(
-        text.contains("units     berth-agent.service"),
-        "{text}"
-    );
+    assert!(text.contains("units     berth-agent.service"), "{text}");
     assert!(text.contains("profiles  legacy-2015"), "{text}");
     assert!(
         text.contains(&format!(

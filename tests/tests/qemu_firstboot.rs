@@ -271,7 +271,6 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
         "the image says upgrade: false"
     );
     let boot1_id = s1["upgrade"]["boot_id"].as_str().unwrap().to_string();
-    let runs1 = s1["runs"].as_u64().unwrap();
 
     // Second boot of the same disk as the same instance, and a copy of the disk booted as
     // another instance, side by side.
@@ -324,10 +323,6 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
         s2["upgrade"]["boot_id"].as_str().unwrap(),
         boot1_id,
         "the second boot redid the once-per-instance step"
-    );
-    assert!(
-        s2["runs"].as_u64().unwrap() > runs1,
-        "the agent did not run: {s2:#}"
     );
     assert!(state(&disk, &summary, &minion).is_none());
 

@@ -217,6 +217,54 @@ impl Filters {
     }
 }
 
+/// What DescribeSnapshots and DescribeImages are asked for: ids (`<id_key>.N`), `Owner.N` and filters.
+struct DescribeQuery {
+    ids: Vec<String>,
+    owners: Vec<String>,
+    filters: Vec<(String, Vec<String>)>,
+}
+
+impl DescribeQuery {
+    /// `known_filters` are the filter names the action answers besides `tag:*`.
+    fn parse(
+        params: &[(String, String)],
+        id_key: &str,
+        known_filters: &[&str],
+    ) -> Result<Self, ApiError> {
+        let mut ids = Vec::new();
+        let mut owners = Vec::new();
+        let mut filters = Filters::default();
+        for (k, v) in params {
+            let parts: Vec<&str> = k.split('.').collect();
+            match parts.as_slice() {
+                ["Action"] | ["Version"] | ["MaxResults"] | ["NextToken"] => {}
+                [key, n] if *key == id_key => {
+                    index(k, n)?;
+                    ids.push(v.clone());
+                }
+                ["Owner", n] => {
+                    index(k, n)?;
+                    owners.push(v.clone());
+                }
+                p if filters.take(k, p, v)? => {}
+                _ => return Err(unknown(k)),
+            }
+        }
+        let filters = filters.resolve(known_filters)?;
+        Ok(Self {
+            ids,
+            owners,
+            filters,
+        })
+    }
+
+    /// Whether a record passes the id and owner lists (an empty list passes all; owner `self` is the caller's).
+    fn admits(&self, id: &str, owner_id: &str) -> bool {
+        (self.ids.is_empty() || self.ids.iter().any(|i| i == id))
+            && (self.owners.is_empty() || self.owners.iter().any(|o| o == "self" || o == owner_id))
+    }
+}
+
 /// EC2 filter values may use `*` and `?` wildcards.
 fn wildcard_match(pattern: &str, value: &str) -> bool {
     fn go(p: &[char], v: &[char]) -> bool {
@@ -337,28 +385,13 @@ impl Store {
         caller: &Caller<'_>,
         params: &[(String, String)],
     ) -> Result<String, ApiError> {
-        let mut ids = Vec::new();
-        let mut owners = Vec::new();
-        let mut filters = Filters::default();
-        for (k, v) in params {
-            let parts: Vec<&str> = k.split('.').collect();
-            match parts.as_slice() {
-                ["Action"] | ["Version"] | ["MaxResults"] | ["NextToken"] => {}
-                ["SnapshotId", n] => {
-                    index(k, n)?;
-                    ids.push(v.clone());
-                }
-                ["Owner", n] => {
-                    index(k, n)?;
-                    owners.push(v.clone());
-                }
-                p if filters.take(k, p, v)? => {}
-                _ => return Err(unknown(k)),
-            }
-        }
-        let filters = filters.resolve(&["snapshot-id", "status", "owner-id", "description"])?;
+        let query = DescribeQuery::parse(
+            params,
+            "SnapshotId",
+            &["snapshot-id", "status", "owner-id", "description"],
+        )?;
         let inner = self.lock();
-        for id in &ids {
+        for id in &query.ids {
             if inner.snapshot_in(id, caller.region).is_none() {
                 return Err(api_err(
                     400,
@@ -374,13 +407,10 @@ impl Store {
             request_id()
         );
         for s in inner.snapshots.values() {
-            if s.region != caller.region
-                || (!ids.is_empty() && !ids.contains(&s.id))
-                || (!owners.is_empty() && !owners.iter().any(|o| o == "self" || o == &s.owner_id))
-            {
+            if s.region != caller.region || !query.admits(&s.id, &s.owner_id) {
                 continue;
             }
-            let ok = filters_match(&filters, |name| match name {
+            let ok = filters_match(&query.filters, |name| match name {
                 "snapshot-id" => Some(s.id.clone()),
                 "status" => Some(s.status.clone()),
                 "owner-id" => Some(s.owner_id.clone()),
@@ -627,28 +657,13 @@ impl Store {
         caller: &Caller<'_>,
         params: &[(String, String)],
     ) -> Result<String, ApiError> {
-        let mut ids = Vec::new();
-        let mut owners = Vec::new();
-        let mut filters = Filters::default();
-        for (k, v) in params {
-            let parts: Vec<&str> = k.split('.').collect();
-            match parts.as_slice() {
-                ["Action"] | ["Version"] | ["MaxResults"] | ["NextToken"] => {}
-                ["ImageId", n] => {
-                    index(k, n)?;
-                    ids.push(v.clone());
-                }
-                ["Owner", n] => {
-                    index(k, n)?;
-                    owners.push(v.clone());
-                }
-                p if filters.take(k, p, v)? => {}
-                _ => return Err(unknown(k)),
-            }
-        }
-        let filters = filters.resolve(&["name", "image-id", "state", "owner-id"])?;
+        let query = DescribeQuery::parse(
+            params,
+            "ImageId",
+            &["name", "image-id", "state", "owner-id"],
+        )?;
         let inner = self.lock();
-        for id in &ids {
+        for id in &query.ids {
             if inner.image_in(id, caller.region).is_none() {
                 return Err(api_err(
                     400,
@@ -664,13 +679,10 @@ impl Store {
             request_id()
         );
         for i in inner.images.values() {
-            if i.region != caller.region
-                || (!ids.is_empty() && !ids.contains(&i.id))
-                || (!owners.is_empty() && !owners.iter().any(|o| o == "self" || o == &i.owner_id))
-            {
+            if i.region != caller.region || !query.admits(&i.id, &i.owner_id) {
                 continue;
             }
-            let ok = filters_match(&filters, |name| match name {
+            let ok = filters_match(&query.filters, |name| match name {
                 "name" => Some(i.name.clone()),
                 "image-id" => Some(i.id.clone()),
                 "state" => Some(i.state.clone()),

@@ -38,6 +38,24 @@ fn installed() -> bool {
     venv().join(".berth-venv-complete").exists() && venv().join("bin/moto_server").exists()
 }
 
+/// Whether the venv is there. When it is not: in CI (`CI` set) a failure, since the suite must
+/// run; elsewhere a loud message that `suite` is skipped.
+fn installed_or_skip(suite: &str) -> bool {
+    if installed() {
+        return true;
+    }
+    let msg = format!(
+        "moto is not installed at {}: run `bash tests/setup/moto.sh` (as root, or with \
+         BERTH_CACHE pointing at a writable directory)",
+        venv().display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!! SKIPPING {suite}: {msg}\n");
+    false
+}
+
 /// The role credentials STS issued, as `setup.py` prints them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Credentials {
@@ -60,7 +78,7 @@ pub struct MotoInstance {
 }
 
 /// What `tests/moto/setup.py` created in moto.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct World {
     pub region: String,
     pub vpc_id: String,
@@ -149,19 +167,7 @@ impl Moto {
     /// Starts moto and builds the world, or returns `None` with a loud message when the venv is
     /// missing outside CI. In CI (`CI` set) a missing venv is a failure: the suite must run.
     pub fn start_or_skip() -> Option<Moto> {
-        if !installed() {
-            let msg = format!(
-                "moto is not installed at {}: run `bash tests/setup/moto.sh` (as root, or with \
-                 BERTH_CACHE pointing at a writable directory)",
-                venv().display()
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{msg}");
-            }
-            eprintln!("\n!!! SKIPPING the moto compatibility test: {msg}\n");
-            return None;
-        }
-        Some(Moto::start())
+        installed_or_skip("the moto compatibility test").then(Moto::start)
     }
 
     pub fn start() -> Moto {
@@ -183,40 +189,7 @@ impl Moto {
             .parse()
             .expect("setup.py --call-count prints a number");
 
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("moto.log");
-        let log_file = std::fs::File::create(&log).expect("moto log file");
-        // Port 0: the kernel picks a free port and werkzeug reports it, so parallel tests never
-        // race for one.
-        let child = Command::new(venv().join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", calls.to_string())
-            // No terminal colours in the log we parse and show.
-            .env("NO_COLOR", "1")
-            .env("TERM", "dumb")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("moto_server starts");
-        let mut moto = Moto {
-            child,
-            url: String::new(),
-            world: World {
-                region: String::new(),
-                vpc_id: String::new(),
-                subnet_id: String::new(),
-                security_groups: BTreeMap::new(),
-                instances: BTreeMap::new(),
-                credentials: BTreeMap::new(),
-                setup_calls: 0,
-            },
-            log,
-            _dir: dir,
-            startup: Duration::ZERO,
-        };
-        let addr = moto.wait_listening();
-        moto.url = format!("http://{addr}");
+        let mut moto = Moto::spawn(Some(calls));
 
         let out = Command::new(&python)
             .arg(&script)
@@ -243,19 +216,7 @@ impl Moto {
 
     /// As [`start_or_skip`](Self::start_or_skip), for [`start_plain`](Self::start_plain).
     pub fn start_plain_or_skip() -> Option<Moto> {
-        if !installed() {
-            let msg = format!(
-                "moto is not installed at {}: run `bash tests/setup/moto.sh` (as root, or with \
-                 BERTH_CACHE pointing at a writable directory)",
-                venv().display()
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{msg}");
-            }
-            eprintln!("\n!!! SKIPPING the moto test: {msg}\n");
-            return None;
-        }
-        Some(Moto::start_plain())
+        installed_or_skip("the moto test").then(Moto::start_plain)
     }
 
     /// A bare moto serving every service on one port (EC2, and the EBS direct APIs routed by
@@ -263,11 +224,27 @@ impl Moto {
     /// world is built (`world` is empty). For suites that create their own resources.
     pub fn start_plain() -> Moto {
         let began = Instant::now();
+        let mut moto = Moto::spawn(None);
+        moto.startup = began.elapsed();
+        moto
+    }
+
+    /// Spawns `moto_server` and waits until it listens, with an empty world and `url` set.
+    /// `no_auth_calls` is moto's INITIAL_NO_AUTH_ACTION_COUNT: that many calls are served
+    /// before moto checks credentials; without it moto accepts any credentials.
+    fn spawn(no_auth_calls: Option<u32>) -> Moto {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("moto.log");
         let log_file = std::fs::File::create(&log).expect("moto log file");
-        let child = Command::new(venv().join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        // Port 0: the kernel picks a free port and werkzeug reports it, so parallel tests never
+        // race for one.
+        let mut command = Command::new(venv().join("bin/moto_server"));
+        command.args(["-H", "127.0.0.1", "-p", "0"]);
+        if let Some(calls) = no_auth_calls {
+            command.env("INITIAL_NO_AUTH_ACTION_COUNT", calls.to_string());
+        }
+        let child = command
+            // No terminal colours in the log we parse and show.
             .env("NO_COLOR", "1")
             .env("TERM", "dumb")
             .stdin(Stdio::null())
@@ -278,22 +255,13 @@ impl Moto {
         let mut moto = Moto {
             child,
             url: String::new(),
-            world: World {
-                region: String::new(),
-                vpc_id: String::new(),
-                subnet_id: String::new(),
-                security_groups: BTreeMap::new(),
-                instances: BTreeMap::new(),
-                credentials: BTreeMap::new(),
-                setup_calls: 0,
-            },
+            world: World::default(),
             log,
             _dir: dir,
             startup: Duration::ZERO,
         };
         let addr = moto.wait_listening();
         moto.url = format!("http://{addr}");
-        moto.startup = began.elapsed();
         moto
     }
 

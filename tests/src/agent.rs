@@ -1,9 +1,10 @@
 //! Running the real `berth-agent` binary against a `berth-sim` region, each node in its own
 //! `--root` directory laid out like a Fedora Atomic 21 host.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use berth_sim::{ClusterSpec, Sim};
 
@@ -15,30 +16,25 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of the workspace, built once per test process so that a test never runs a stale
-/// copy (`cargo test -p berth-e2e` alone does not build other packages' binaries).
+/// The binary of the workspace package `name` (each names its one binary after itself), built
+/// once per test process so that a test never runs a stale copy (`cargo test -p berth-e2e`
+/// alone does not build other packages' binaries).
 pub fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "berth-agent",
-                "-p",
-                "berth-sim",
-                "--bins",
-            ])
-            .current_dir(workspace())
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "building berth-agent and berth-sim failed"
-        );
-    });
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    {
+        // Held across the build: a second test asking for the same binary waits for it.
+        let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+        if !built.contains(name) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", name, "--bin", name])
+                .current_dir(workspace())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building {name} failed");
+            built.insert(name.to_string());
+        }
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");

@@ -11,36 +11,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use berth_e2e::agent::workspace;
+use berth_e2e::agent::bin;
 use berth_e2e::moto::Moto;
 
 const BLOCK: usize = 512 * 1024;
-
-/// berth-image, built once per test process (`cargo test -p berth-e2e` alone does not build it).
-fn berth_image_bin() -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "berth-image",
-                "--bin",
-                "berth-image",
-            ])
-            .current_dir(workspace())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building berth-image failed");
-    });
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("berth-image")
-}
 
 /// A disk of 6 MiB + 100 KiB (13 blocks, the last partial): data in blocks 0, 5 and the
 /// partial 12, a single byte at the end of block 9, zeros elsewhere.
@@ -154,7 +129,7 @@ fn inspect(moto: &Moto, region: &str, snapshot: &str) -> serde_json::Value {
 }
 
 fn run(args: &[&str], home: &Path) -> Output {
-    Command::new(berth_image_bin())
+    Command::new(bin("berth-image"))
         .args(args)
         .env_clear()
         .env("HOME", home)
@@ -180,7 +155,7 @@ fn ami_through_moto_ebs_and_ec2() {
     let Some(moto) = Moto::start_plain_or_skip() else {
         return;
     };
-    berth_image_bin();
+    bin("berth-image");
     let dir = tempfile::tempdir().unwrap();
     let disk = disk(dir.path());
     let expected = expected_blocks(&disk);

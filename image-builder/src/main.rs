@@ -167,6 +167,15 @@ fn refused_or_failed(e: &CommitError) -> u8 {
     }
 }
 
+/// The exit status of an error that tells a refusal from a failure.
+fn exit_code(is_refusal: bool) -> u8 {
+    if is_refusal {
+        EXIT_REFUSED
+    } else {
+        EXIT_FAILED
+    }
+}
+
 fn run(cmd: Cmd) -> Result<(), (u8, String)> {
     match cmd {
         Cmd::Commit {
@@ -229,14 +238,7 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
             bootloader,
         } => {
             use berth_image::disk;
-            let fail = |e: disk::DiskError| {
-                let code = if e.is_refusal() {
-                    EXIT_REFUSED
-                } else {
-                    EXIT_FAILED
-                };
-                (code, e.to_string())
-            };
+            let fail = |e: disk::DiskError| (exit_code(e.is_refusal()), e.to_string());
             let size = size
                 .as_deref()
                 .map(disk::parse_size)
@@ -268,14 +270,8 @@ fn run(cmd: Cmd) -> Result<(), (u8, String)> {
         }
         Cmd::Ami(args) => berth_image::ami::run_cli(args),
         Cmd::VagrantBox { disk, out } => {
-            let outcome = berth_image::vagrant::package(&disk, &out).map_err(|e| {
-                let code = if e.is_refusal() {
-                    EXIT_REFUSED
-                } else {
-                    EXIT_FAILED
-                };
-                (code, e.to_string())
-            })?;
+            let outcome = berth_image::vagrant::package(&disk, &out)
+                .map_err(|e| (exit_code(e.is_refusal()), e.to_string()))?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&outcome).expect("the summary serializes")

@@ -134,6 +134,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
     }
 }
 
+/// Writes the raw disk `raw` as a qcow2 image at `out`.
+pub(crate) fn qcow2_from_raw(raw: &Path, out: &Path) -> Result<(), fs::ToolError> {
+    fs::run(
+        "qemu-img",
+        &[
+            "convert".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            raw.as_os_str(),
+            out.as_os_str(),
+        ],
+    )
+}
+
 /// One partition of the finished disk, as reported on stdout.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionInfo {
@@ -486,19 +503,7 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     let tmp_out = work.path().join("out");
     match req.format {
         Format::Raw => std::fs::rename(&raw, &tmp_out).map_err(io(&tmp_out))?,
-        Format::Qcow2 => fs::run(
-            "qemu-img",
-            &[
-                "convert".as_ref(),
-                "-q".as_ref(),
-                "-f".as_ref(),
-                "raw".as_ref(),
-                "-O".as_ref(),
-                "qcow2".as_ref(),
-                raw.as_os_str(),
-                tmp_out.as_os_str(),
-            ],
-        )?,
+        Format::Qcow2 => qcow2_from_raw(&raw, &tmp_out)?,
     }
     // Only a finished disk ever appears at --out.
     std::fs::rename(&tmp_out, &req.out).map_err(io(&req.out))?;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::disk::fs::{run, ToolError};
+use crate::disk::qcow2_from_raw;
 
 const GIB: u64 = 1 << 30;
 
@@ -141,19 +142,7 @@ pub fn package(disk: &Path, out: &Path) -> Result<BoxOutcome, BoxError> {
     if format == "qcow2" {
         std::fs::copy(disk, &img).map_err(io(disk))?;
     } else {
-        run(
-            "qemu-img",
-            &[
-                "convert".as_ref(),
-                "-q".as_ref(),
-                "-f".as_ref(),
-                "raw".as_ref(),
-                "-O".as_ref(),
-                "qcow2".as_ref(),
-                disk.as_os_str(),
-                img.as_os_str(),
-            ],
-        )?;
+        qcow2_from_raw(disk, &img)?;
     }
     let virtual_size = size.div_ceil(GIB);
     let metadata = serde_json::json!({

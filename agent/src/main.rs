@@ -208,6 +208,9 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
     let root = opts.root.clone();
     let mut agent = Agent::new(opts);
     let mut ready_sent = false;
+    // Registered before the first convergence: a SIGTERM that arrives while a run is under way
+    // (systemd sends one right after the upgrade's reboot request) is kept for the wait below.
+    let mut stop = Shutdown::new();
     loop {
         let result = agent.converge(host).await;
         host.save_recorded(&root);
@@ -236,7 +239,7 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
                 // Restart= would start it again while the reboot is on its way): report ready,
                 // then wait for the shutdown the reboot brings.
                 notify::notify("READY=1\nSTATUS=rebooting into the upgraded deployment");
-                shutdown().await;
+                stop.wait().await;
                 notify::notify("STOPPING=1");
                 return ExitCode::SUCCESS;
             }
@@ -263,7 +266,7 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
         log::debug!("next poll in {wait:?}");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown() => {
+            _ = stop.wait() => {
                 notify::notify("STOPPING=1");
                 return ExitCode::SUCCESS;
             }
@@ -278,14 +281,35 @@ fn agent_poll(agent: &Agent) -> berth_agent::config::Poll {
         .unwrap_or_else(|| berth_agent::config::Config::default().poll)
 }
 
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM or SIGINT, listened for from creation on: a signal that arrives between two waits is
+/// not lost.
+struct Shutdown {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Shutdown {
+    fn new() -> Shutdown {
+        use tokio::signal::unix::{signal, SignalKind};
+        Shutdown {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
     }
 }
 

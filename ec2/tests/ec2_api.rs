@@ -390,7 +390,12 @@ async fn throttled_until_the_deadline_says_so() {
             deadline: Duration::from_millis(300)
         }
     );
-    assert_eq!(*attempts as usize, server.requests().len());
+    // The deadline may cut the last attempt before the server has logged it.
+    let logged = server.requests().len();
+    assert!(
+        logged == *attempts as usize || logged + 1 == *attempts as usize,
+        "{attempts} attempts, {logged} logged"
+    );
     assert!(err.is_throttling());
     assert_eq!(err.code(), Some("RequestLimitExceeded"));
     assert_eq!(err.status(), Some(503));

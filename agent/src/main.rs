@@ -140,12 +140,7 @@ fn main() -> ExitCode {
 
 fn spawn_interrupt(tx: tokio::sync::watch::Sender<bool>) {
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
+        Shutdown::new().wait().await;
         let _ = tx.send(true);
     });
 }

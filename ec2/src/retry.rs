@@ -142,6 +142,12 @@ pub struct GaveUp<E> {
 
 /// Runs `op` until it succeeds, fails permanently, runs out of attempts or would cross the
 /// deadline. `what` names the call in debug logs; it must not contain secrets.
+///
+/// The error reported is what the remote end last said. An attempt whose per-try timeout the
+/// deadline shortened, and which then used up that shortened time, says nothing about the remote
+/// end (it would have timed out on a healthy server too), so when an earlier attempt failed, that
+/// earlier error is the one reported: a throttled account reads as throttled, not as "timed out
+/// after 3 ms".
 pub async fn run<T, E, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, GaveUp<E>>
 where
     F: FnMut(Attempt) -> Fut,
@@ -150,24 +156,46 @@ where
 {
     let start = Instant::now();
     let max_attempts = policy.max_attempts.max(1);
+    let deadline_stop = Stop::Deadline {
+        deadline: policy.deadline,
+    };
+    let mut previous: Option<E> = None;
     let mut number = 0;
     loop {
-        number += 1;
         let remaining = policy.deadline.saturating_sub(start.elapsed());
+        if let Some(e) = previous.take_if(|_| remaining.is_zero()) {
+            // The backoff sleep overran the deadline (a loaded machine): starting an attempt
+            // with no time would only time out.
+            return Err(GaveUp {
+                attempts: number,
+                elapsed: start.elapsed(),
+                stop: deadline_stop,
+                last: e,
+            });
+        }
+        number += 1;
         let attempt = Attempt {
             number,
             timeout: policy.per_try_timeout.min(remaining),
         };
+        let attempt_started = Instant::now();
+        let outcome = op(attempt).await;
         let give_up = |last, stop| GaveUp {
             attempts: number,
             elapsed: start.elapsed(),
             stop,
             last,
         };
-        match op(attempt).await {
+        match outcome {
             Ok(value) => return Ok(value),
             Err(Verdict::Fail(e)) => return Err(give_up(e, Stop::NotRetryable)),
             Err(Verdict::Retry(e)) => {
+                let cut_by_deadline = attempt.timeout < policy.per_try_timeout
+                    && attempt_started.elapsed() >= attempt.timeout;
+                if cut_by_deadline {
+                    let last = previous.take().unwrap_or(e);
+                    return Err(give_up(last, deadline_stop));
+                }
                 if number >= max_attempts {
                     return Err(give_up(e, Stop::AttemptsExhausted { max_attempts }));
                 }
@@ -175,14 +203,10 @@ where
                 // An attempt needs some time to be worth starting; one that would begin at the
                 // deadline would only time out.
                 if start.elapsed() + delay >= policy.deadline {
-                    return Err(give_up(
-                        e,
-                        Stop::Deadline {
-                            deadline: policy.deadline,
-                        },
-                    ));
+                    return Err(give_up(e, deadline_stop));
                 }
                 log::debug!("{what}: attempt {number} failed ({e}); retrying in {delay:?}");
+                previous = Some(e);
                 tokio::time::sleep(delay).await;
             }
         }
@@ -250,6 +274,55 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.attempts, 1);
         assert_eq!(err.stop, Stop::NotRetryable);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_the_deadline_cut_short_does_not_hide_the_real_error() {
+        let p = RetryPolicy {
+            per_try_timeout: Duration::from_millis(100),
+            max_attempts: 10,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            deadline: Duration::from_millis(150),
+        };
+        let err = run(&p, "test", |a| async move {
+            if a.timeout < p.per_try_timeout {
+                // Whatever the server would have said, the shortened budget runs out first.
+                tokio::time::sleep(a.timeout).await;
+                Err::<(), _>(Verdict::Retry("timed out"))
+            } else {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                Err(Verdict::Retry("throttled"))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.stop,
+            Stop::Deadline {
+                deadline: p.deadline
+            }
+        );
+        assert_eq!(err.last, "throttled", "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lone_attempt_cut_short_reports_its_own_error() {
+        let p = RetryPolicy {
+            per_try_timeout: Duration::from_millis(100),
+            max_attempts: 10,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            deadline: Duration::from_millis(20),
+        };
+        let err = run(&p, "test", |a| async move {
+            tokio::time::sleep(a.timeout).await;
+            Err::<(), _>(Verdict::Retry("timed out"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.attempts, 1);
+        assert_eq!(err.last, "timed out");
     }
 
     #[tokio::test]

@@ -256,7 +256,9 @@ async fn deadline_ends_retries_and_says_so() {
     let started = Instant::now();
     let err = imds.get("meta-data/instance-id").await.unwrap_err();
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+    // 1000 attempts would take some 30 s; the deadline ends them long before. The margin over
+    // 400 ms is for a loaded CI machine, not a speed target.
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     let ImdsError::GaveUp {
         attempts,
         stop,
@@ -277,9 +279,11 @@ async fn deadline_ends_retries_and_says_so() {
         matches!(**last, ImdsError::Status { status: 503, .. }),
         "{last}"
     );
-    assert_eq!(
-        server.count("GET", "/latest/meta-data/instance-id") as u32,
-        attempts
+    // The deadline may cut the last attempt before the server has logged it.
+    let logged = server.count("GET", "/latest/meta-data/instance-id") as u32;
+    assert!(
+        logged == attempts || logged + 1 == attempts,
+        "{attempts} attempts, {logged} logged"
     );
     let message = err.to_string();
     assert!(

@@ -230,10 +230,9 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
                 if once {
                     return ExitCode::SUCCESS;
                 }
-                // Under Type=notify, exiting before READY=1 would mark the unit failed (and
-                // Restart= would start it again while the reboot is on its way): report ready,
-                // then wait for the shutdown the reboot brings.
-                notify::notify("READY=1\nSTATUS=rebooting into the upgraded deployment");
+                // READY=1 went out before the reboot request (Agent::request_reboot). Exiting
+                // now would let Restart= start the agent again while the reboot is on its way:
+                // wait for the shutdown the reboot brings.
                 stop.wait().await;
                 notify::notify("STOPPING=1");
                 return ExitCode::SUCCESS;

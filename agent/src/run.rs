@@ -22,6 +22,9 @@ use crate::state::{now_secs, Phase, State, StateError, UpgradeRecord};
 const IMAGE_CONFIG: &str = "/usr/share/berth/config.yaml";
 const HOST_CONFIG: &str = "/etc/berth/config.yaml";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+/// How long to wait for systemd to confirm it read READY=1 before the reboot request. PID 1
+/// answers in microseconds; a bound is only for a manager that holds the descriptor.
+const NOTIFY_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -541,6 +544,11 @@ impl Agent {
         }
         state.phase = Phase::UpgradeRequested;
         state.save(&self.opts.root)?;
+        // Ready before the reboot is asked for: the shutdown it starts would otherwise cancel
+        // a start job still waiting for READY=1 (a blocking `systemctl start` would fail with
+        // "job canceled"). The barrier makes sure systemd read it before logind's request.
+        crate::notify::notify("READY=1\nSTATUS=rebooting into the upgraded deployment");
+        crate::notify::barrier(NOTIFY_BARRIER_TIMEOUT);
         host.reboot().await?;
         Ok(())
     }

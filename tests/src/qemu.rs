@@ -219,49 +219,6 @@ pub fn debugfs_cat(disk: &Path, offset: u64, path: &str) -> Option<Vec<u8>> {
     Some(out.stdout)
 }
 
-/// `debugfs dump`: copies a file out of an ext4 partition of a raw disk image.
-pub fn debugfs_dump(disk: &Path, offset: u64, path: &str, dest: &Path) {
-    run(Command::new("debugfs")
-        .args(["-R", &format!("dump {path} {}", dest.display())])
-        .arg(format!("{}?offset={offset}", disk.display())));
-    assert!(
-        std::fs::metadata(dest)
-            .map(|m| m.len() > 0)
-            .unwrap_or(false),
-        "debugfs could not dump {path} from {}",
-        disk.display()
-    );
-}
-
-/// The kernel, initramfs and command line of the disk's boot entry, copied out of its /boot
-/// partition: QEMU boots them directly (faster than through firmware and systemd-boot).
-pub struct DirectBoot {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub options: String,
-}
-
-pub fn direct_boot(summary: &DiskSummary, disk: &Path, dir: &Path) -> DirectBoot {
-    let boot = summary.partition("boot");
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initrd");
-    debugfs_dump(disk, boot.offset, &summary.entry.linux, &kernel);
-    debugfs_dump(disk, boot.offset, &summary.entry.initrd, &initrd);
-    DirectBoot {
-        kernel,
-        initrd,
-        options: summary.entry.options.clone(),
-    }
-}
-
-/// How a guest boots.
-pub enum Firmware<'a> {
-    /// `-kernel/-initrd/-append` from the disk's entry, plus extra arguments.
-    Direct(&'a DirectBoot, &'a str),
-    /// UEFI (OVMF) firmware, which starts the disk's own systemd-boot.
-    Uefi,
-}
-
 /// A running guest, killed (by PID) when dropped.
 pub struct Qemu {
     child: Option<Child>,
@@ -281,16 +238,9 @@ fn accel() -> String {
 }
 
 impl Qemu {
-    /// Boots `disk` (raw) with 2 vCPUs and 1 GiB. `name` names the serial log and monitor
-    /// socket in `dir`.
-    pub fn boot(
-        dir: &Path,
-        name: &str,
-        disk: &Path,
-        firmware: Firmware<'_>,
-        fwd: &Forwards,
-        smp: u32,
-    ) -> Qemu {
+    /// Boots `disk` (raw) through its own bootloader with 2 vCPUs and 1 GiB. `name` names the
+    /// serial log, monitor socket and UEFI variable store in `dir`.
+    pub fn boot(dir: &Path, name: &str, disk: &Path, fwd: &Forwards, smp: u32) -> Qemu {
         let serial = dir.join(format!("{name}.serial"));
         let monitor = dir.join(format!("{name}.monitor"));
         let nc = which_nc();
@@ -315,25 +265,19 @@ impl Qemu {
             .arg(format!("file={},format=raw,if=virtio", disk.display()))
             .args(["-netdev", &netdev])
             .args(["-device", "virtio-net-pci,netdev=n0"]);
-        match firmware {
-            Firmware::Direct(b, extra) => {
-                cmd.arg("-kernel")
-                    .arg(&b.kernel)
-                    .arg("-initrd")
-                    .arg(&b.initrd)
-                    .arg("-append")
-                    .arg(format!("{} {extra}", b.options));
-            }
-            Firmware::Uefi => {
-                let vars = dir.join(format!("{name}.vars.fd"));
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
-                    .expect("OVMF (tests/setup/qemu.sh installs it)");
-                cmd.arg("-drive")
-                    .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-                    .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
-            }
-        }
+        // UEFI firmware (OVMF), which finds the disk's systemd-boot as the removable-media
+        // default, as a fresh EC2 instance in UEFI boot mode does; each guest gets its own copy
+        // of the variable store.
+        let vars = dir.join(format!("{name}.vars.fd"));
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .expect("OVMF (tests/setup/qemu.sh installs it)");
+        cmd.arg("-drive")
+            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

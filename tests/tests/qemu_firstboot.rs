@@ -1,9 +1,12 @@
 //! First boot of a real disk image under QEMU: the test OS (tests/setup/testos.sh) layered by
-//! `berth-image commit`, made into a GPT disk by `berth-image disk`, booted with its kernel
-//! (direct boot from the disk's own boot entry) and a user network that relays the guest's
-//! 169.254.169.254 (IMDS) and 169.254.169.253 (EC2) to a `berth-sim` region in this process.
+//! `berth-image commit`, made into a GPT disk by `berth-image disk`, booted the way an EC2
+//! instance in UEFI boot mode boots it (UEFI firmware, the disk's own systemd-boot, its Boot
+//! Loader Specification entry) with a user network that relays the guest's 169.254.169.254
+//! (IMDS) and 169.254.169.253 (EC2) to a `berth-sim` region in this process.
 //!
 //! What a user would check from outside, and this test does:
+//! - the firmware started the disk's bootloader, which started the kernel of the deployment's
+//!   entry with the entry's arguments (the console shows both);
 //! - the serial console shows berth-agent, started by systemd from the shipped unit, writing
 //!   the role's files and reporting `converged`;
 //! - the region's request log shows IMDSv2 only (a token PUT first, every GET with a token) and
@@ -14,14 +17,14 @@
 //!   written, the first boot's record kept), while a copy of the disk booted as another instance
 //!   (a new instance-id from IMDS) runs its own first boot.
 //!
-//! Slow: three boots under TCG (about 2 minutes for a first boot here; the second and third run
+//! Slow: three boots under TCG (about a minute for a first boot on an idle 2-core machine; the second and third run
 //! side by side). Needs root (libostree writes a bare sysroot) and the cached test OS.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_e2e::agent::{workspace, Region};
-use berth_e2e::qemu::{self, DirectBoot, DiskSummary, Firmware, Forwards, Qemu};
+use berth_e2e::qemu::{self, DiskSummary, Forwards, Qemu};
 use berth_sim::Listener;
 
 /// A first boot under TCG reaches "converged" in about 140 s on an idle 2-core machine; the
@@ -78,6 +81,32 @@ fn state(disk: &Path, summary: &DiskSummary, instance_id: &str) -> Option<serde_
 fn deployed_file(disk: &Path, summary: &DiskSummary, path: &str) -> Option<Vec<u8>> {
     let root = summary.partition("root");
     qemu::debugfs_cat(disk, root.offset, &format!("/{}{path}", summary.deployment))
+}
+
+/// The firmware started a boot option of the disk, and the kernel that came up is the one of the
+/// deployment's Boot Loader Specification entry, started by systemd-boot with the entry's
+/// arguments (systemd-boot passes the entry's `initrd` as an `initrd=` argument with EFI path
+/// separators, ahead of the entry's `options`).
+fn assert_booted_through_the_disks_bootloader(console: &str, summary: &DiskSummary) {
+    assert!(
+        console.contains("BdsDxe: starting Boot"),
+        "the UEFI firmware did not start a boot option:\n{}",
+        qemu::tail(console, 40)
+    );
+    let cmdline = console
+        .lines()
+        .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c.trim_end()))
+        .unwrap_or_else(|| panic!("no kernel command line:\n{}", qemu::tail(console, 40)));
+    let initrd = format!("initrd={}", summary.entry.initrd.replace('/', "\\"));
+    assert!(
+        cmdline.starts_with(&initrd),
+        "the kernel was not started from the entry's initramfs ({initrd}): {cmdline}"
+    );
+    assert!(
+        cmdline.ends_with(&summary.entry.options),
+        "the kernel's arguments are not the entry's ({}): {cmdline}",
+        summary.entry.options
+    );
 }
 
 /// The agent's "converged: N nodes, F files changed, R restarts" line of this boot.
@@ -182,6 +211,9 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
             // The agent's journal on the serial console, which is what the test reads.
             "--karg",
             "systemd.journald.forward_to_console=1",
+            // No login prompt interleaved with it.
+            "--karg",
+            "systemd.mask=serial-getty@ttyS0.service",
         ],
     );
     eprintln!(
@@ -191,8 +223,6 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
     );
     assert_eq!(summary.commit, layered.commit);
     assert!(summary.entry.options.contains("console=ttyS0"));
-    let boot: DirectBoot = qemu::direct_boot(&summary, &disk, d);
-    let extra = "systemd.mask=serial-getty@ttyS0.service";
 
     let region = Region::seed();
     let master = region.sim.instance_id("fed-master").unwrap();
@@ -203,14 +233,7 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
     };
 
     // First boot, as fed-master.
-    let mut vm = Qemu::boot(
-        d,
-        "boot1",
-        &disk,
-        Firmware::Direct(&boot, extra),
-        &fwd("fed-master"),
-        2,
-    );
+    let mut vm = Qemu::boot(d, "boot1", &disk, &fwd("fed-master"), 2);
     let t = vm.wait_for("converged: ", FIRST_BOOT_TIMEOUT);
     eprintln!(
         "{test}: first boot reached \"converged\" {:.0} s after QEMU started ({})",
@@ -219,6 +242,7 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
     );
     let console1 = vm.console();
     vm.powerdown();
+    assert_booted_through_the_disks_bootloader(&console1, &summary);
     let line = converged_line(&console1);
     assert!(line.contains("converged: 2 nodes"), "{line}");
     assert!(files_changed(&line) > 0, "first boot wrote nothing: {line}");
@@ -277,22 +301,8 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
     let clone = d.join("clone.raw");
     qemu::copy_disk(&disk, &clone);
     let started = Instant::now();
-    let mut again = Qemu::boot(
-        d,
-        "boot2",
-        &disk,
-        Firmware::Direct(&boot, extra),
-        &fwd("fed-master"),
-        2,
-    );
-    let mut other = Qemu::boot(
-        d,
-        "boot3",
-        &clone,
-        Firmware::Direct(&boot, extra),
-        &fwd("fed-minion"),
-        2,
-    );
+    let mut again = Qemu::boot(d, "boot2", &disk, &fwd("fed-master"), 2);
+    let mut other = Qemu::boot(d, "boot3", &clone, &fwd("fed-minion"), 2);
     again.wait_for("converged: ", FIRST_BOOT_TIMEOUT);
     other.wait_for("converged: ", FIRST_BOOT_TIMEOUT);
     eprintln!(
@@ -303,6 +313,8 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
     let console3 = other.console();
     again.powerdown();
     other.powerdown();
+    assert_booted_through_the_disks_bootloader(&console2, &summary);
+    assert_booted_through_the_disks_bootloader(&console3, &summary);
 
     // Same instance: nothing redone.
     let line2 = converged_line(&console2);

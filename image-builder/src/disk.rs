@@ -33,8 +33,8 @@ use gpt::{Guid, Partition, SECTOR};
 pub use deploy::{DeployError, Deployed};
 
 const MIB: u64 = 1 << 20;
-/// systemd-boot, one kernel and one initramfs (~20 MB for a Debian kernel, ~100 MB for Fedora's)
-/// with room for a second pair; FAT32 needs at least 65525 clusters, which 128 MiB gives.
+/// systemd-boot and an ext4 driver take under 1 MiB; FAT32 needs at least 65525 clusters, which
+/// 128 MiB gives, and firmware is most reliable with FAT32.
 const ESP_SIZE: u64 = 128 * MIB;
 /// `/boot` holds the booted deployment's kernel and initramfs plus a staged one during an
 /// upgrade; 512 MiB unless the commit's own are larger than a third of it.
@@ -45,6 +45,22 @@ const ROOT_HEADROOM: u64 = 1024 * MIB;
 /// The default stateroot name when the ref does not suggest one.
 pub const DEFAULT_OSNAME: &str = "berth";
 const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// UEFI ext4 drivers a commit may carry, by the package that ships them. systemd-boot loads
+/// every `EFI/systemd/drivers/*x64.efi` on its ESP; with one that reads ext4 it finds the
+/// entries and kernels on `/boot` (the XBOOTLDR partition) itself. That is what keeps upgrades
+/// bootable: libostree writes a new deployment's entry and kernel to `/boot` and then deletes
+/// the previous boot version's `/ostree/boot.N` links, so a copy of the old entry on the ESP
+/// would name a path that no longer exists.
+const EXT4_EFI_DRIVERS: &[&str] = &[
+    // Fedora, CentOS Stream: edk2-ext4.
+    "usr/share/edk2/drivers/ext4x64.efi",
+    // Debian, Ubuntu: refind.
+    "usr/share/refind/refind/drivers_x64/ext4_x64.efi",
+    // Arch and others: efifs (its ext2 driver reads ext4).
+    "usr/lib/efifs-x64/ext2.efi",
+];
+/// Where the driver goes on the ESP (systemd-boot wants the architecture suffix).
+const ESP_EXT4_DRIVER: &str = "EFI/systemd/drivers/ext4_x64.efi";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -95,6 +111,8 @@ pub enum DiskError {
     BadOut { path: PathBuf, problem: String },
     #[error("{rev}: the commit has no {path}, so systemd-boot cannot be installed; use a commit with systemd-boot-efi, or --bootloader none to boot the disk with an external kernel")]
     NoSystemdBoot { rev: String, path: String },
+    #[error("{rev}: the commit has no UEFI ext4 driver (looked for {looked}), so systemd-boot could not read /boot, where an upgrade writes its kernel and entry; add edk2-ext4, refind or efifs to the commit, or use --bootloader none to boot the disk with an external kernel")]
+    NoExt4Driver { rev: String, looked: String },
     #[error(transparent)]
     Deploy(#[from] DeployError),
     #[error(transparent)]
@@ -122,6 +140,7 @@ impl DiskError {
                 | DiskError::BadOsname { .. }
                 | DiskError::BadOut { .. }
                 | DiskError::NoSystemdBoot { .. }
+                | DiskError::NoExt4Driver { .. }
                 | DiskError::Deploy(DeployError::NoSuchRev { .. })
         )
     }
@@ -374,11 +393,27 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     let dep = deploy::deploy(&sysroot, &req.repo, &req.rev, &commit, &req.osname, &kargs)?;
     let dep_root = sysroot.join(&dep.deploy_dir);
     let sd_boot = dep_root.join(SYSTEMD_BOOT_EFI);
-    if req.bootloader == Bootloader::SystemdBoot && !sd_boot.is_file() {
-        return Err(DiskError::NoSystemdBoot {
-            rev: req.rev.clone(),
-            path: format!("/{SYSTEMD_BOOT_EFI}"),
-        });
+    let ext4_driver = EXT4_EFI_DRIVERS
+        .iter()
+        .map(|p| dep_root.join(p))
+        .find(|p| p.is_file());
+    if req.bootloader == Bootloader::SystemdBoot {
+        if !sd_boot.is_file() {
+            return Err(DiskError::NoSystemdBoot {
+                rev: req.rev.clone(),
+                path: format!("/{SYSTEMD_BOOT_EFI}"),
+            });
+        }
+        if ext4_driver.is_none() {
+            return Err(DiskError::NoExt4Driver {
+                rev: req.rev.clone(),
+                looked: EXT4_EFI_DRIVERS
+                    .iter()
+                    .map(|p| format!("/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
     }
 
     // The deployment mounts its /boot partition (the initramfs needs only the root).
@@ -398,10 +433,10 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     let mp = sysroot.join("boot");
     std::fs::create_dir(&mp).map_err(io(&mp))?;
 
-    // The ESP: the bootloader and a copy of what it loads.
+    // The ESP: the bootloader and the driver it reads /boot with.
     let esp = work.path().join("esp");
-    if req.bootloader == Bootloader::SystemdBoot {
-        fill_esp(&esp, &bootfs, &sd_boot)?;
+    if let (Bootloader::SystemdBoot, Some(driver)) = (req.bootloader, &ext4_driver) {
+        fill_esp(&esp, &sd_boot, driver)?;
     } else {
         std::fs::create_dir(&esp).map_err(io(&esp))?;
     }
@@ -559,43 +594,22 @@ const ALIGN_START: u64 = gpt::ALIGN;
 const GPT_TAIL: u64 = MIB;
 
 /// systemd-boot as the removable-media default (`EFI/BOOT/BOOTX64.EFI`, found without NVRAM
-/// entries, as on a fresh VM or EC2 instance), `loader.conf`, and copies of the entries and
-/// of `ostree/` (the kernels and initramfs images they name). An in-guest upgrade writes
-/// `/boot`, not this copy: see the README.
-fn fill_esp(esp: &Path, bootfs: &Path, sd_boot: &Path) -> Result<(), DiskError> {
+/// entries, as on a fresh VM or EC2 instance), the ext4 driver it loads, and `loader.conf`.
+/// Nothing it boots lives here: the entries and kernels stay on `/boot`, where libostree keeps
+/// them current.
+fn fill_esp(esp: &Path, sd_boot: &Path, ext4_driver: &Path) -> Result<(), DiskError> {
     let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(io(p));
     let copy = |from: &Path, to: &Path| std::fs::copy(from, to).map(|_| ()).map_err(io(from));
     mkdir(&esp.join("EFI/BOOT"))?;
-    mkdir(&esp.join("EFI/systemd"))?;
+    mkdir(&esp.join("EFI/systemd/drivers"))?;
     copy(sd_boot, &esp.join("EFI/BOOT/BOOTX64.EFI"))?;
     copy(sd_boot, &esp.join("EFI/systemd/systemd-bootx64.efi"))?;
-    mkdir(&esp.join("loader/entries"))?;
+    copy(ext4_driver, &esp.join(ESP_EXT4_DRIVER))?;
+    mkdir(&esp.join("loader"))?;
     let conf = esp.join("loader/loader.conf");
-    // No menu: the newest entry boots at once; no editor: the kernel command line is not
-    // editable from the console.
-    std::fs::write(&conf, "timeout 0\neditor no\n").map_err(io(&conf))?;
-    let entries = bootfs.join("loader/entries");
-    for e in std::fs::read_dir(&entries).map_err(io(&entries))? {
-        let e = e.map_err(io(&entries))?;
-        copy(&e.path(), &esp.join("loader/entries").join(e.file_name()))?;
-    }
-    copy_tree(&bootfs.join("ostree"), &esp.join("ostree"))
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<(), DiskError> {
-    std::fs::create_dir_all(to).map_err(io(to))?;
-    for e in std::fs::read_dir(from).map_err(io(from))? {
-        let e = e.map_err(io(from))?;
-        let ft = e.file_type().map_err(io(&e.path()))?;
-        let dest = to.join(e.file_name());
-        if ft.is_dir() {
-            copy_tree(&e.path(), &dest)?;
-        } else if ft.is_file() {
-            std::fs::copy(e.path(), &dest).map_err(io(&e.path()))?;
-        }
-        // FAT has no symlinks; libostree's /boot has none under ostree/.
-    }
-    Ok(())
+    // No menu: the newest entry (libostree's default deployment) boots at once; no editor: the
+    // kernel command line is not editable from the console.
+    std::fs::write(&conf, "timeout 0\neditor no\n").map_err(io(&conf))
 }
 
 fn clear_immutable(path: &Path) {

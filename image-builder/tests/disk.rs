@@ -1,5 +1,5 @@
 //! `berth-image disk` on a small layered commit: the partition table, the ESP (systemd-boot,
-//! loader.conf, the entries and kernels), the /boot entry with berth's kernel arguments, the
+//! its ext4 driver, loader.conf), the /boot entry with berth's kernel arguments, the
 //! deployment on the root partition, reproducible identifiers, qcow2 output, and refusals that
 //! leave no file behind. Every partition is read back without mounting (our GPT reader,
 //! mtools, debugfs). Needs root: a sysroot repository is in bare mode.
@@ -13,6 +13,8 @@ use berth_image::disk::gpt;
 use common::*;
 
 const EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// Where Fedora's edk2-ext4 puts its UEFI ext4 driver.
+const EXT4_DRIVER: &str = "/usr/share/edk2/drivers/ext4x64.efi";
 
 fn is_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -27,14 +29,25 @@ fn is_root(test: &str) -> bool {
     false
 }
 
-/// A fixture with a layered commit `berth/x86_64/disk` that carries a (stand-in) systemd-boot.
+/// A fixture with a layered commit `berth/x86_64/disk` that carries (stand-ins for) systemd-boot
+/// and an ext4 driver, `berth/x86_64/no-driver` with systemd-boot alone, and
+/// `berth/x86_64/no-efi` with neither.
 fn layered() -> Fixture {
     let fx = fixture(200);
     let efi = fx.path("systemd-bootx64.efi");
     std::fs::write(&efi, b"MZ stand-in for systemd-boot\n").unwrap();
+    let driver = fx.path("ext4x64.efi");
+    std::fs::write(&driver, b"MZ stand-in for an ext4 driver\n").unwrap();
     let add = format!("{}:{EFI}", efi.display());
+    let add_driver = format!("{}:{EXT4_DRIVER}", driver.display());
     let out = fx.commit(
         "berth/x86_64/disk",
+        &["--add-file", &add, "--add-file", &add_driver],
+        Some("1700000000"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fx.commit(
+        "berth/x86_64/no-driver",
         &["--add-file", &add],
         Some("1700000000"),
     );
@@ -163,25 +176,22 @@ fn disk_has_esp_boot_and_root_with_the_deployment() {
         .unwrap()
     );
 
-    // The ESP: systemd-boot where firmware looks without NVRAM entries, no menu, the same
-    // entry and kernel as /boot.
+    // The ESP: systemd-boot where firmware looks without NVRAM entries, no menu, the ext4
+    // driver it loads to read /boot; no copies of entries or kernels, which an upgrade would
+    // leave stale.
     assert_eq!(
         mtools("mtype", &out, esp, &["::/EFI/BOOT/BOOTX64.EFI"]),
         "MZ stand-in for systemd-boot\n"
     );
-    assert!(mtools("mtype", &out, esp, &["::/loader/loader.conf"]).contains("timeout 0"));
     assert_eq!(
-        mtools(
-            "mtype",
-            &out,
-            esp,
-            &[&format!("::/loader/entries/{entry_file}")]
-        ),
-        entry
+        mtools("mtype", &out, esp, &["::/EFI/systemd/drivers/ext4_x64.efi"]),
+        "MZ stand-in for an ext4 driver\n"
     );
-    assert_eq!(
-        mtools("mtype", &out, esp, &[&format!("::{linux}")]),
-        debugfs_cat(&out, boot, linux)
+    assert!(mtools("mtype", &out, esp, &["::/loader/loader.conf"]).contains("timeout 0"));
+    let listing = mtools("mdir", &out, esp, &["-/", "-b", "::/"]);
+    assert!(
+        !listing.contains("/entries/") && !listing.contains("vmlinuz"),
+        "the ESP holds copies of what /boot holds:\n{listing}"
     );
 
     // The root: the deployment with /etc merged, /boot mounted by UUID, no berth state.
@@ -282,6 +292,7 @@ fn refusals_leave_no_disk() {
         ("berth/x86_64/disk", &["--karg", "a b"], "one word"),
         ("no/such/ref", &[], "no such ref"),
         ("berth/x86_64/no-efi", &[], "--bootloader none"),
+        ("berth/x86_64/no-driver", &[], "no UEFI ext4 driver"),
     ];
     for (rev, extra, want) in cases {
         let o = disk(&fx, rev, &out, extra);

@@ -86,9 +86,12 @@ fn vagrant_box_from_a_small_disk() {
         "{}:/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
         efi.display()
     );
+    let driver = fx.path("ext4x64.efi");
+    std::fs::write(&driver, b"MZ stand-in\n").unwrap();
+    let add_driver = format!("{}:/usr/share/edk2/drivers/ext4x64.efi", driver.display());
     let o = fx.commit(
         "berth/x86_64/box",
-        &["--add-file", &add],
+        &["--add-file", &add, "--add-file", &add_driver],
         Some("1700000000"),
     );
     assert!(o.status.success(), "{}", stderr(&o));

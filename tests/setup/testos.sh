@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the berth test OS: a debootstrapped Debian bookworm (kernel, systemd, udev, dbus,
-# systemd-networkd, dracut with OSTree's module, systemd-boot's EFI binary) laid out the way
-# OSTree expects, committed to a bare-user repository as the base that `berth-image commit`
+# systemd-networkd, dracut with OSTree's module, systemd-boot's EFI binary, rEFInd's ext4
+# driver) laid out the way OSTree expects, committed to a bare-user repository as the base that `berth-image commit`
 # layers berth onto (tests/tests/qemu_firstboot.rs, the Vagrant box). It also carries the Fedora 21
 # units of tests/fixtures/fedora-21 (their daemons are the stand-in, layered by the tests).
 #
@@ -65,6 +65,13 @@ in_root() { chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@";
 in_root apt-get install -y -qq --no-install-recommends \
     dracut-core dracut ostree ostree-boot zstd systemd-boot-efi
 INITRD=No in_root apt-get install -y -qq --no-install-recommends linux-image-amd64
+# rEFInd's UEFI ext4 driver, which berth-image disk puts on the ESP so that systemd-boot reads
+# /boot itself. Only the driver: installing the package would run refind-install against an ESP
+# the chroot does not have.
+in_root sh -c 'cd /tmp && apt-get download -qq refind'
+dpkg-deb --fsys-tarfile "$ROOT"/tmp/refind_*.deb |
+    tar -x -C "$ROOT" ./usr/share/refind/refind/drivers_x64/ext4_x64.efi
+rm -f "$ROOT"/tmp/refind_*.deb
 KVER="$(ls "$ROOT/usr/lib/modules" | sort -V | tail -n1)"
 
 # Drivers a VM never needs: smaller tree, faster `berth-image disk`.

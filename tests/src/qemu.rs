@@ -103,8 +103,9 @@ fn stripped(src: &Path, dir: &Path) -> PathBuf {
 }
 
 /// The test OS with berth layered on: the agent and its shipped unit, the profiles, the image
-/// defaults of tests/testos/layer/berth-config.yaml (`upgrade: false`, the EC2 endpoint), and
-/// the stand-in daemon behind every Fedora 21 unit.
+/// defaults of tests/testos/layer/berth-config.yaml (`upgrade: false`, the EC2 endpoint), the
+/// stand-in daemon behind every Fedora 21 unit, and the test OS's stand-in for a staged upgrade
+/// (tests/testos/layer/units/berth-test-redeploy.service).
 pub struct Layered {
     pub repo: PathBuf,
     pub rev: String,
@@ -120,6 +121,12 @@ pub fn layer(repo: &Path, name: &str, scratch: &Path) -> Layered {
     std::fs::create_dir_all(&units).unwrap();
     for f in ["berth-agent.service", "50-berth.preset"] {
         std::fs::copy(workspace().join("configs/systemd").join(f), units.join(f)).unwrap();
+    }
+    // The test OS's own unit (a stand-in for rpm-ostree's staged upgrade) and its preset.
+    let test_units = workspace().join("tests/testos/layer/units");
+    for e in std::fs::read_dir(&test_units).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), units.join(e.file_name())).unwrap();
     }
     let rev = format!("berth-testos/x86_64/test-{name}");
     let mut cmd = Command::new(bin("berth-image"));
@@ -140,6 +147,10 @@ pub fn layer(repo: &Path, name: &str, scratch: &Path) -> Layered {
                 .join("tests/testos/layer/berth-config.yaml")
                 .display()
         ));
+    cmd.arg("--add-file").arg(format!(
+        "{}:/usr/lib/berth-test/redeploy.sh",
+        workspace().join("tests/testos/layer/redeploy.sh").display()
+    ));
     for daemon in crate::nspawn::STANDINS {
         cmd.arg("--add-file")
             .arg(format!("{}:/usr/bin/{daemon}", standin.display()));
@@ -202,6 +213,20 @@ pub fn build_disk(layered: &Layered, out: &Path, extra: &[&str]) -> (DiskSummary
     let took = started.elapsed();
     let s = serde_json::from_slice(&o.stdout).expect("berth-image disk prints its JSON summary");
     (s, took)
+}
+
+/// Writes `src` as `dest` into an ext4 partition of a raw disk image (debugfs, no mount). The
+/// guest must be off.
+pub fn debugfs_write(disk: &Path, offset: u64, src: &Path, dest: &str) {
+    let out = run(Command::new("debugfs")
+        .arg("-w")
+        .args(["-R", &format!("write {} {dest}", src.display())])
+        .arg(format!("{}?offset={offset}", disk.display())));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("rror") && debugfs_cat(disk, offset, dest).is_some(),
+        "debugfs could not write {dest}: {err}"
+    );
 }
 
 /// A file of an ext4 partition inside a raw disk image, read with debugfs (no mount).
@@ -321,6 +346,26 @@ impl Qemu {
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits for the guest to reboot or power off by itself (QEMU runs with `-no-reboot`, so a
+    /// reboot ends it); panics with the console's tail on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if child.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the guest did not reboot within {timeout:?}:\n{}",
+                    tail(&self.console(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
 

@@ -27,6 +27,10 @@ use berth_e2e::agent::{workspace, Region};
 use berth_e2e::qemu::{self, DiskSummary, Forwards, Qemu};
 use berth_sim::Listener;
 
+/// A guest reboot after staging a deployment: libostree finalizes it at shutdown, copying the
+/// kernel and initramfs to /boot.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// A first boot under TCG reaches "converged" in about 140 s on an idle 2-core machine; the
 /// margin covers a CI machine busy with other suites.
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(480);
@@ -93,10 +97,7 @@ fn assert_booted_through_the_disks_bootloader(console: &str, summary: &DiskSumma
         "the UEFI firmware did not start a boot option:\n{}",
         qemu::tail(console, 40)
     );
-    let cmdline = console
-        .lines()
-        .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c.trim_end()))
-        .unwrap_or_else(|| panic!("no kernel command line:\n{}", qemu::tail(console, 40)));
+    let cmdline = kernel_cmdline(console);
     let initrd = format!("initrd={}", summary.entry.initrd.replace('/', "\\"));
     assert!(
         cmdline.starts_with(&initrd),
@@ -107,6 +108,14 @@ fn assert_booted_through_the_disks_bootloader(console: &str, summary: &DiskSumma
         "the kernel's arguments are not the entry's ({}): {cmdline}",
         summary.entry.options
     );
+}
+
+/// The kernel command line the guest's kernel printed.
+fn kernel_cmdline(console: &str) -> &str {
+    console
+        .lines()
+        .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c.trim_end()))
+        .unwrap_or_else(|| panic!("no kernel command line:\n{}", qemu::tail(console, 40)))
 }
 
 /// The agent's "converged: N nodes, F files changed, R restarts" line of this boot.
@@ -369,4 +378,75 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
             "{f}"
         );
     }
+
+    // An upgrade of the first instance: the guest stages a new deployment through libostree and
+    // reboots (berth-test-redeploy.service, the test OS's stand-in for the deployment
+    // `rpm-ostree upgrade` stages), and the disk's bootloader must then boot that deployment.
+    // libostree writes its entry to /boot and deletes the previous boot version's links, so this
+    // is what a bootloader reading stale copies of the entries would fail.
+    let root = summary.partition("root");
+    let trigger = d.join("redeploy");
+    std::fs::write(&trigger, "").unwrap();
+    qemu::debugfs_write(
+        &disk,
+        root.offset,
+        &trigger,
+        &format!("/{}/etc/berth-test-redeploy", summary.deployment),
+    );
+    let mut staging = Qemu::boot(d, "boot4", &disk, &fwd("fed-master"), 2);
+    staging.wait_for("berth-test: staging a new deployment", FIRST_BOOT_TIMEOUT);
+    staging.wait_exit(REBOOT_TIMEOUT);
+    let console4 = staging.console();
+    assert_booted_through_the_disks_bootloader(&console4, &summary);
+    let mut upgraded = Qemu::boot(d, "boot5", &disk, &fwd("fed-master"), 2);
+    upgraded.wait_for("converged: ", FIRST_BOOT_TIMEOUT);
+    let console5 = upgraded.console();
+    upgraded.powerdown();
+
+    let new_deployment = summary.deployment.replace(".0", ".1");
+    assert!(
+        summary.deployment.ends_with(".0") && new_deployment.ends_with(".1"),
+        "{}",
+        summary.deployment
+    );
+    assert!(
+        qemu::debugfs_cat(
+            &disk,
+            root.offset,
+            &format!("/{new_deployment}/etc/hostname")
+        )
+        .is_some(),
+        "no new deployment {new_deployment} on the disk"
+    );
+    let cmdline = kernel_cmdline(&console5);
+    let old_bootlink = summary
+        .entry
+        .options
+        .split_whitespace()
+        .find(|a| a.starts_with("ostree="))
+        .unwrap()
+        .to_string();
+    assert!(
+        old_bootlink.starts_with("ostree=/ostree/boot.1/"),
+        "{old_bootlink}"
+    );
+    assert!(
+        cmdline.contains(&old_bootlink.replace("/ostree/boot.1/", "/ostree/boot.0/")),
+        "the upgraded boot did not start the new boot version's default deployment: {cmdline}"
+    );
+    assert!(
+        console5.contains("BdsDxe: starting Boot"),
+        "{}",
+        qemu::tail(&console5, 40)
+    );
+    let line5 = converged_line(&console5);
+    assert_eq!(files_changed(&line5), 0, "{line5}");
+    assert!(!console5.contains("berth-test: staging"), "staged again");
+    let s5 = state(&disk, &summary, &master).unwrap();
+    assert_eq!(s5["phase"], "converged", "{s5:#}");
+    assert_eq!(
+        s5["upgrade"]["boot_id"].as_str().unwrap(),
+        boot1_id,
+        "the upgraded boot redid the once-per-instance step"
+    );
 }

@@ -550,9 +550,56 @@ fn client_token() -> String {
 
 /// Uploads the disk and registers the AMI (see the module doc). `creds` resolves the
 /// credentials; `imds` is only for the instance-role source.
+/// Refuses a boot mode the disk cannot boot in: an AMI registered with it launches instances
+/// that never come up, which EC2 reports only as an instance that fails its status checks.
+/// Judged from the GPT; a disk without one (an MBR disk of the user's own) is not judged.
+pub fn check_boot_mode(disk: &Disk, mode: BootMode) -> Result<(), AmiError> {
+    use crate::disk::gpt;
+    let mut file = &disk.file;
+    let parts = match gpt::read(&mut file) {
+        Ok((_, parts)) => parts,
+        Err(e) => {
+            log::warn!(
+                "{}: no GPT ({e}); not checking that it boots in {} mode",
+                disk.path.display(),
+                mode.as_ec2()
+            );
+            return Ok(());
+        }
+    };
+    let has = |t: gpt::Guid| parts.iter().any(|p| p.type_guid == t);
+    let refuse = |what: String| AmiError::Invalid {
+        field: format!("--boot-mode {}", mode.as_ec2()),
+        what: format!("{}: {what}", disk.path.display()),
+    };
+    match mode {
+        BootMode::LegacyBios if !has(gpt::types::BIOS_BOOT) => Err(refuse(
+            "the disk has no BIOS boot partition, so BIOS firmware finds nothing to start \
+             (berth-image disk makes UEFI disks: systemd-boot on the EFI system partition); \
+             use --boot-mode uefi or uefi-preferred"
+                .into(),
+        )),
+        BootMode::Uefi | BootMode::UefiPreferred if !has(gpt::types::ESP) => Err(refuse(
+            "the disk has no EFI system partition, so UEFI firmware finds nothing to start; \
+             build it with berth-image disk, or use --boot-mode legacy-bios for a BIOS disk"
+                .into(),
+        )),
+        BootMode::UefiPreferred if !has(gpt::types::BIOS_BOOT) => {
+            log::warn!(
+                "--boot-mode uefi-preferred: instance types without UEFI boot the image in legacy \
+                 BIOS mode, which this disk cannot do (no BIOS boot partition); launch it on \
+                 UEFI-capable types (Nitro), or register with --boot-mode uefi"
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 pub async fn build_ami(req: &AmiRequest, creds: &Provider) -> Result<AmiOutcome, AmiError> {
     req.validate()?;
     let disk = Disk::open(&req.disk)?;
+    check_boot_mode(&disk, req.boot_mode)?;
     let ec2 = Ec2Client::new(
         req.ec2_endpoint(&req.region),
         req.region.clone(),

@@ -384,6 +384,60 @@ async fn refuses_bad_input_before_creating_anything() {
     assert!(sim.requests().is_empty());
 }
 
+/// A GPT disk of 8 MiB with partitions of the given types, one MiB each.
+fn gpt_disk(path: &Path, types: &[berth_image::disk::gpt::Guid]) {
+    use berth_image::disk::gpt::{self, Guid, Partition};
+    let len = 8u64 << 20;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+    let parts: Vec<Partition> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let first = (i as u64 + 1) * 2048;
+            Partition {
+                type_guid: *t,
+                guid: Guid([i as u8 + 1; 16]),
+                first_lba: first,
+                last_lba: first + 2047,
+                name: format!("p{i}"),
+            }
+        })
+        .collect();
+    gpt::write(&mut f, len, Guid([0xab; 16]), &parts).unwrap();
+}
+
+/// An AMI whose boot mode the disk cannot boot in would launch instances that never come up:
+/// refused, with the fix named, before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_boot_mode_the_disk_cannot_boot() {
+    use berth_image::disk::gpt::types::{BIOS_BOOT, ESP, ROOT_X86_64, XBOOTLDR};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(spec("us-east-1")).await.unwrap();
+    let url = sim.ec2_url();
+    let uefi = dir.path().join("uefi.raw");
+    gpt_disk(&uefi, &[ESP, XBOOTLDR, ROOT_X86_64]);
+    let bios = dir.path().join("bios.raw");
+    gpt_disk(&bios, &[BIOS_BOOT, ROOT_X86_64]);
+    let cases = [
+        (&uefi, "legacy-bios", "no BIOS boot partition"),
+        (&bios, "uefi", "no EFI system partition"),
+        (&bios, "uefi-preferred", "no EFI system partition"),
+    ];
+    for (disk, mode, want) in cases {
+        let mut args = ami_args(disk.to_str().unwrap(), "berth-boot-mode", &url);
+        let i = args.iter().position(|a| *a == "--boot-mode").unwrap();
+        args[i + 1] = mode;
+        let out = berth_image(&args, &creds_env(), dir.path()).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{mode}: {err}");
+        assert!(err.contains(&format!("--boot-mode {mode}")), "{err}");
+        assert!(err.contains(want), "{mode}: {err}");
+    }
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+    sim.shutdown().await;
+}
+
 /// berth-sim checks each block the way EBS does; moto does not, so this is where a wrong
 /// checksum must be refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,8 @@ pub mod types {
     /// Extended Boot Loader Partition: the Boot Loader Specification's `/boot`.
     pub const XBOOTLDR: Guid = Guid::parse_const("BC13C2FF-59E6-4262-A352-B275FD6F7172");
     pub const ROOT_X86_64: Guid = Guid::parse_const("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    /// BIOS boot partition: where GRUB keeps its core image on a GPT disk booted by BIOS.
+    pub const BIOS_BOOT: Guid = Guid::parse_const("21686148-6449-6E6F-744E-656564454649");
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,42 +15,21 @@ pub struct PrivateBus {
 impl PrivateBus {
     /// Start `dbus-daemon` and return once it listens (it prints its address when ready).
     pub fn start() -> PrivateBus {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-bus-")
-            .tempdir()
-            .expect("temporary directory");
-        let socket = dir.path().join("bus.sock");
+        let dir = bus_dir();
+        let listen = format!("unix:path={}", dir.path().join("bus.sock").display());
+        PrivateBus::spawn(dir, Command::new("dbus-daemon"), &listen)
+    }
+
+    /// `dbus-daemon` run by `launcher` (for example `nsenter` into a container's network
+    /// namespace, where an abstract socket lives), listening on `listen`.
+    pub fn start_with(launcher: Command, listen: &str) -> PrivateBus {
+        PrivateBus::spawn(bus_dir(), launcher, listen)
+    }
+
+    fn spawn(dir: tempfile::TempDir, mut cmd: Command, listen: &str) -> PrivateBus {
         let config = dir.path().join("bus.conf");
-        // Everyone may own any name and talk to anyone: the bus is the test's alone. EXTERNAL
-        // authentication (the peer's uid over SO_PEERCRED) is what the system bus uses too.
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>berth-test</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="signal"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .expect("write the bus configuration");
-        let mut daemon = Command::new("dbus-daemon")
+        std::fs::write(&config, bus_config(listen)).expect("write the bus configuration");
+        let mut daemon = cmd
             .arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--nopidfile", "--print-address=1"])
             .stdin(Stdio::null())
@@ -85,6 +64,41 @@ impl PrivateBus {
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+}
+
+fn bus_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-bus-")
+        .tempdir()
+        .expect("temporary directory")
+}
+
+/// The bus's configuration: everyone may own any name and talk to anyone, since the bus is the
+/// test's alone. EXTERNAL authentication (the peer's uid over SO_PEERCRED) is what the system
+/// bus uses too.
+fn bus_config(listen: &str) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>berth-test</type>
+  <listen>{listen}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="signal"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+  </policy>
+</busconfig>
+"#
+    )
 }
 
 impl Drop for PrivateBus {

@@ -287,6 +287,33 @@ impl Container {
             .expect("run nsenter")
     }
 
+    /// Writes `text` to the file `inside` the container, creating its parent directories.
+    pub fn write(&self, inside: &str, text: &str) {
+        let path = self.path(inside);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// What berth-image puts in an image: the agent as `/usr/bin/berth-agent`, and its unit and
+    /// preset from `configs/systemd`.
+    pub fn install_agent(&self) {
+        let configs = crate::agent::workspace().join("configs/systemd");
+        std::fs::copy(
+            crate::agent::bin("berth-agent"),
+            self.path("/usr/bin/berth-agent"),
+        )
+        .unwrap();
+        std::fs::copy(
+            configs.join("berth-agent.service"),
+            self.path("/usr/lib/systemd/system/berth-agent.service"),
+        )
+        .unwrap();
+        self.write(
+            "/usr/lib/systemd/system-preset/50-berth.preset",
+            &std::fs::read_to_string(configs.join("50-berth.preset")).unwrap(),
+        );
+    }
+
     /// A host program run in the container's network namespace only (it sees the container's
     /// loopback, and the host's files): how a test serves the container an IMDS and EC2 API.
     pub fn in_netns(&self, program: &Path) -> Command {
@@ -424,4 +451,47 @@ fn chown(path: &Path, uid: u32, gid: u32) {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `berth-sim serve` in a container's network namespace: the seed cluster's EC2 API and
+/// fed-master's IMDS on the container's loopback. Stopped by its PID on drop.
+pub struct SimInContainer {
+    child: std::process::Child,
+    // Kept open: the sim prints a line per instance, and a closed pipe would kill it.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl SimInContainer {
+    pub const EC2: &'static str = "127.0.0.1:18773";
+    pub const IMDS: &'static str = "127.0.0.1:18774";
+
+    pub fn start(ct: &Container) -> SimInContainer {
+        use std::io::BufRead;
+        let mut child = ct
+            .in_netns(&crate::agent::bin("berth-sim"))
+            .arg("serve")
+            .arg("--cluster")
+            .arg(crate::agent::workspace().join("sim/clusters/seed.yaml"))
+            .args(["--ec2-listen", Self::EC2])
+            .arg(format!("--imds-listen=fed-master={}", Self::IMDS))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth-sim starts");
+        // One JSON line per instance once every listener is up.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with('{'), "berth-sim did not start: {line:?}");
+        SimInContainer {
+            child,
+            _stdout: stdout,
+        }
+    }
+}
+
+impl Drop for SimInContainer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

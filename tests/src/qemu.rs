@@ -349,14 +349,22 @@ impl Qemu {
         }
     }
 
+    /// True once QEMU has exited (and is reaped).
+    fn exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        if child.try_wait().ok().flatten().is_some() {
+            self.child = None;
+            return true;
+        }
+        false
+    }
+
     /// Waits for the guest to reboot or power off by itself (QEMU runs with `-no-reboot`, so a
     /// reboot ends it); panics with the console's tail on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let child = self.child.as_mut().expect("running");
-            if child.try_wait().ok().flatten().is_some() {
-                self.child = None;
+            if self.exited() {
                 return;
             }
             if Instant::now() > deadline {
@@ -375,9 +383,7 @@ impl Qemu {
         let deadline = Instant::now() + POWERDOWN_TIMEOUT;
         let mut next_press = Instant::now();
         loop {
-            let child = self.child.as_mut().expect("running");
-            if child.try_wait().ok().flatten().is_some() {
-                self.child = None;
+            if self.exited() {
                 return;
             }
             if Instant::now() > deadline {

@@ -9,7 +9,7 @@ use berth_agent::host::login::Login;
 use berth_agent::host::systemd::{JobKind, Systemd, SystemdError};
 use berth_agent::host::{Host, UnitOp};
 use berth_e2e::agent::Region;
-use berth_e2e::nspawn::Container;
+use berth_e2e::nspawn::{Container, SimInContainer};
 use futures_util::StreamExt;
 use std::path::Path;
 
@@ -27,12 +27,6 @@ fn fedora21() -> Container {
         t0.elapsed()
     );
     ct
-}
-
-fn write(ct: &Container, inside: &str, text: &str) {
-    let path = ct.path(inside);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 #[zbus::proxy(
@@ -138,14 +132,12 @@ async fn systemd_client_enables_starts_restarts_and_reports_failed_jobs() {
     );
 
     // EnvironmentFile= expansion, done by systemd: the controller manager gets the seed's flags.
-    write(&ct, "/etc/kubernetes/config", "KUBE_ETCD_SERVERS=\"--etcd_servers=http://fed-master:4001\"\nKUBE_LOGTOSTDERR=\"--logtostderr=true\"\nKUBE_LOG_LEVEL=\"--v=0\"\nKUBE_ALLOW_PRIV=\"--allow_privileged=false\"\n");
-    write(
-        &ct,
+    ct.write("/etc/kubernetes/config", "KUBE_ETCD_SERVERS=\"--etcd_servers=http://fed-master:4001\"\nKUBE_LOGTOSTDERR=\"--logtostderr=true\"\nKUBE_LOG_LEVEL=\"--v=0\"\nKUBE_ALLOW_PRIV=\"--allow_privileged=false\"\n");
+    ct.write(
         "/etc/kubernetes/apiserver",
         "KUBE_MASTER=\"--master=http://fed-master:8080\"\n",
     );
-    write(
-        &ct,
+    ct.write(
         "/etc/kubernetes/controller-manager",
         "KUBELET_ADDRESSES=\"--machines=fed-minion,fed-minion-2\"\n",
     );
@@ -165,8 +157,7 @@ async fn systemd_client_enables_starts_restarts_and_reports_failed_jobs() {
 
     // A drop-in takes effect only after Reload; then a failing Type=notify start is an error
     // naming the unit, the job result and where to look.
-    write(
-        &ct,
+    ct.write(
         "/etc/systemd/system/docker.service.d/fail.conf",
         "[Service]\nEnvironment=BERTH_STANDIN_FAIL=1\n",
     );
@@ -189,8 +180,7 @@ async fn systemd_client_enables_starts_restarts_and_reports_failed_jobs() {
     assert_eq!(ct.systemctl(&["is-active", "docker.service"]), "failed");
 
     // A job that systemd does not finish within the client's deadline is reported as such.
-    write(
-        &ct,
+    ct.write(
         "/etc/systemd/system/docker.service.d/fail.conf",
         "[Service]\nEnvironment=BERTH_STANDIN_NO_NOTIFY=1\n",
     );
@@ -236,7 +226,7 @@ async fn dbus_host_unit_ops_are_idempotent_and_reload_only_when_links_change() {
     let fixed = std::fs::read_to_string(ct.path("/usr/lib/systemd/system/kubelet.service"))
         .unwrap()
         .replace("docker.socket", "docker.service");
-    write(&ct, "/etc/systemd/system/kubelet.service", &fixed);
+    ct.write("/etc/systemd/system/kubelet.service", &fixed);
     host.reload().await.unwrap();
     assert_eq!(reloads.take().await, 1);
     let show = ct.systemctl(&["show", "-p", "Requires", "-p", "After", "kubelet.service"]);
@@ -291,8 +281,7 @@ async fn dbus_host_unit_ops_are_idempotent_and_reload_only_when_links_change() {
     }
 
     // Errors from the Host name the unit and where to look.
-    write(
-        &ct,
+    ct.write(
         "/etc/systemd/system/docker.service.d/fail.conf",
         "[Service]\nEnvironment=BERTH_STANDIN_FAIL=1\n",
     );
@@ -575,50 +564,6 @@ fn a_master_killed_after_any_step_of_its_first_run_converges_on_the_next() {
     }
 }
 
-/// `berth-sim serve` in the container's network namespace: the seed cluster's EC2 API and
-/// fed-master's IMDS on the container's loopback. Stopped by PID on drop.
-struct SimInContainer {
-    child: std::process::Child,
-    // Kept open: the sim prints a line per instance, and a closed pipe would kill it.
-    _stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl SimInContainer {
-    const EC2: &'static str = "127.0.0.1:18773";
-    const IMDS: &'static str = "127.0.0.1:18774";
-
-    fn start(ct: &Container) -> SimInContainer {
-        use std::io::BufRead;
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let mut child = ct
-            .in_netns(&berth_e2e::agent::bin("berth-sim"))
-            .arg("serve")
-            .arg("--cluster")
-            .arg(workspace.join("sim/clusters/seed.yaml"))
-            .args(["--ec2-listen", Self::EC2])
-            .arg(format!("--imds-listen=fed-master={}", Self::IMDS))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("berth-sim starts");
-        // One JSON line per instance once every listener is up.
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.starts_with('{'), "berth-sim did not start: {line:?}");
-        SimInContainer {
-            child,
-            _stdout: stdout,
-        }
-    }
-}
-
-impl Drop for SimInContainer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn the_shipped_unit_runs_the_agent_as_a_notify_daemon() {
     if !berth_e2e::nspawn::have_root("the_shipped_unit_runs_the_agent_as_a_notify_daemon") {
@@ -638,16 +583,13 @@ fn the_shipped_unit_runs_the_agent_as_a_notify_daemon() {
         ct.path("/usr/lib/systemd/system/berth-agent.service"),
     )
     .unwrap();
-    write(
-        &ct,
+    ct.write(
         "/usr/lib/systemd/system-preset/50-berth.preset",
         &std::fs::read_to_string(workspace.join("configs/systemd/50-berth.preset")).unwrap(),
     );
     // This container has no rpm-ostree, and its IMDS and EC2 API are the sim on its loopback.
-    write(&ct, "/etc/berth/config.yaml", "upgrade: false\n");
-    write(
-        &ct,
-        "/etc/systemd/system/berth-agent.service.d/endpoints.conf",
+    ct.write("/etc/berth/config.yaml", "upgrade: false\n");
+    ct.write("/etc/systemd/system/berth-agent.service.d/endpoints.conf",
         &format!(
             "[Service]\nExecStart=\nExecStart=/usr/bin/berth-agent run --imds-endpoint http://{}/ --ec2-endpoint http://{}/\n",
             SimInContainer::IMDS,

@@ -10,12 +10,11 @@
 //! container a new network namespace, so each boot starts them afresh, as a host's next boot
 //! starts its daemons afresh.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::nspawn::Container;
+use berth_e2e::dbus::PrivateBus;
+use berth_e2e::nspawn::{Container, SimInContainer};
 use berth_e2e::rpmostree_double::{simulate_reboot, Double, Scenario, State};
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_berth-standin");
@@ -23,91 +22,10 @@ const DOUBLE: &str = env!("CARGO_BIN_EXE_rpm-ostree-double");
 const UNIT: &str = "berth-agent.service";
 /// The abstract name of rpm-ostree's bus in the container's network namespace.
 const RPMOSTREE_BUS: &str = "unix:abstract=berth-test-rpmostree";
-const EC2: &str = "127.0.0.1:18773";
-const IMDS: &str = "127.0.0.1:18774";
-fn write(ct: &Container, inside: &str, text: &str) {
-    let path = ct.path(inside);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
-/// A child in the container's network namespace, killed by its PID on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `berth-sim serve` with the seed cluster and fed-master's IMDS on the container's loopback.
-/// The sim's stdout stays open (a closed pipe would kill it on its next line).
-fn start_sim(ct: &Container) -> (Guard, BufReader<std::process::ChildStdout>) {
-    let mut child = ct
-        .in_netns(&berth_e2e::agent::bin("berth-sim"))
-        .arg("serve")
-        .arg("--cluster")
-        .arg(berth_e2e::agent::workspace().join("sim/clusters/seed.yaml"))
-        .args(["--ec2-listen", EC2])
-        .arg(format!("--imds-listen=fed-master={IMDS}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("berth-sim starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(line.starts_with('{'), "berth-sim did not start: {line:?}");
-    (Guard(child), stdout)
-}
-
-/// A `dbus-daemon` for rpm-ostree on an abstract socket in the container's network namespace.
-fn start_bus(ct: &Container, dir: &Path) -> Guard {
-    let config = dir.join("bus.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>berth-test</type>
-  <listen>{RPMOSTREE_BUS}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="signal"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-  </policy>
-</busconfig>
-"#
-        ),
-    )
-    .unwrap();
-    let mut child = ct
-        .in_netns(Path::new("dbus-daemon"))
-        .arg(format!("--config-file={}", config.display()))
-        .args(["--nofork", "--nopidfile", "--print-address=1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("dbus-daemon.log")).unwrap())
-        .spawn()
-        .expect("start dbus-daemon");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("unix:abstract="),
-        "dbus-daemon did not start: {line:?}"
-    );
-    Guard(child)
+/// `dbus-daemon` for rpm-ostree on an abstract socket in the container's network namespace.
+fn start_bus(ct: &Container) -> PrivateBus {
+    PrivateBus::start_with(ct.in_netns(Path::new("dbus-daemon")), RPMOSTREE_BUS)
 }
 
 /// The double's program, run in the container's network namespace: a script in place of the
@@ -192,25 +110,16 @@ fn the_shipped_unit_upgrades_reboots_once_and_then_converges() {
         return;
     }
     let t0 = Instant::now();
-    let workspace = berth_e2e::agent::workspace();
     let mut ct = Container::new();
     ct.install_fedora21(Path::new(STANDIN));
-    std::fs::copy(
-        berth_e2e::agent::bin("berth-agent"),
-        ct.path("/usr/bin/berth-agent"),
-    )
-    .unwrap();
-    std::fs::copy(
-        workspace.join("configs/systemd/berth-agent.service"),
-        ct.path("/usr/lib/systemd/system/berth-agent.service"),
-    )
-    .unwrap();
-    write(
-        &ct,
+    ct.install_agent();
+    ct.write(
         "/etc/systemd/system/berth-agent.service.d/endpoints.conf",
         &format!(
             "[Service]\nExecStart=\nExecStart=/usr/bin/berth-agent run --rpmostree-bus {RPMOSTREE_BUS} \
-             --imds-endpoint http://{IMDS}/ --ec2-endpoint http://{EC2}/\n"
+             --imds-endpoint http://{}/ --ec2-endpoint http://{}/\n",
+            SimInContainer::IMDS,
+            SimInContainer::EC2
         ),
     );
     // A persistent journal, to read the first boot's from the second.
@@ -223,8 +132,8 @@ fn the_shipped_unit_upgrades_reboots_once_and_then_converges() {
 
     // First boot.
     ct.boot();
-    let sim = start_sim(&ct);
-    let bus = start_bus(&ct, files.path());
+    let sim = SimInContainer::start(&ct);
+    let bus = start_bus(&ct);
     let double = Double::start(
         &double_in_netns(&ct, files.path()),
         RPMOSTREE_BUS,
@@ -286,8 +195,8 @@ fn the_shipped_unit_upgrades_reboots_once_and_then_converges() {
     // a container its own).
     simulate_reboot(&files.path().join("rpmostree-state.json"));
     ct.boot();
-    let _sim = start_sim(&ct);
-    let _bus = start_bus(&ct, files.path());
+    let _sim = SimInContainer::start(&ct);
+    let _bus = start_bus(&ct);
     let double = Double::start(
         &double_in_netns(&ct, files.path()),
         RPMOSTREE_BUS,

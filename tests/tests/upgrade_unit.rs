@@ -28,6 +28,27 @@ fn start_bus(ct: &Container) -> PrivateBus {
     PrivateBus::start_with(ct.in_netns(Path::new("dbus-daemon")), RPMOSTREE_BUS)
 }
 
+/// Boots the container and starts what its "host" offers the agent in the container's network
+/// namespace: the region, rpm-ostree's bus and rpm-ostree's double (with `initial` as its state,
+/// or the state it saved).
+fn boot(
+    ct: &mut Container,
+    dir: &Path,
+    initial: Option<&State>,
+) -> (SimInContainer, PrivateBus, Double) {
+    ct.boot();
+    let sim = SimInContainer::start(ct);
+    let bus = start_bus(ct);
+    let double = Double::start(
+        &double_in_netns(ct, dir),
+        RPMOSTREE_BUS,
+        dir,
+        Scenario::Normal,
+        initial,
+    );
+    (sim, bus, double)
+}
+
 /// The double's program, run in the container's network namespace: a script in place of the
 /// binary, since [`Double::start`] spawns the program it is given.
 fn double_in_netns(ct: &Container, dir: &Path) -> PathBuf {
@@ -131,16 +152,7 @@ fn the_shipped_unit_upgrades_reboots_once_and_then_converges() {
     let initial = State::fedora_atomic_21(true);
 
     // First boot.
-    ct.boot();
-    let sim = SimInContainer::start(&ct);
-    let bus = start_bus(&ct);
-    let double = Double::start(
-        &double_in_netns(&ct, files.path()),
-        RPMOSTREE_BUS,
-        files.path(),
-        Scenario::Normal,
-        Some(&initial),
-    );
+    let (sim, bus, double) = boot(&mut ct, files.path(), Some(&initial));
     let t_booted = t0.elapsed();
     let out = ct.exec(&["systemctl", "start", "--no-block", UNIT]);
     assert!(out.status.success(), "{out:?}");
@@ -194,30 +206,11 @@ fn the_shipped_unit_upgrades_reboots_once_and_then_converges() {
     // The host comes back on the new deployment, with a new boot id (nspawn gives each boot of
     // a container its own).
     simulate_reboot(&files.path().join("rpmostree-state.json"));
-    ct.boot();
-    let _sim = SimInContainer::start(&ct);
-    let _bus = start_bus(&ct);
-    let double = Double::start(
-        &double_in_netns(&ct, files.path()),
-        RPMOSTREE_BUS,
-        files.path(),
-        Scenario::Normal,
-        None,
-    );
+    let (_sim, _bus, double) = boot(&mut ct, files.path(), None);
     assert_eq!(double.state().booted, initial.remote);
 
     // The first boot's journal: READY=1 came before the stop, and the stop was clean.
-    let first = ct.exec(&[
-        "journalctl",
-        "-b",
-        "-1",
-        "-o",
-        "cat",
-        "--no-pager",
-        "-u",
-        UNIT,
-    ]);
-    let first = String::from_utf8_lossy(&first.stdout).into_owned();
+    let first = journal(&ct, "-1");
     eprintln!("first boot's journal of {UNIT}:\n{first}");
     assert!(first.contains("rpm-ostree staged deployment"), "{first}");
     assert!(first.contains("Started berth-agent"), "{first}");
@@ -251,17 +244,7 @@ fn the_shipped_unit_upgrades_reboots_once_and_then_converges() {
         1,
         "{calls:?}"
     );
-    let second = ct.exec(&[
-        "journalctl",
-        "-b",
-        "0",
-        "-o",
-        "cat",
-        "--no-pager",
-        "-u",
-        UNIT,
-    ]);
-    let second = String::from_utf8_lossy(&second.stdout).into_owned();
+    let second = journal(&ct, "0");
     assert!(!second.contains("upgrading the OS"), "{second}");
     assert!(!second.contains("has not happened"), "{second}");
     assert!(

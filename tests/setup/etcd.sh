@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the network suite (tests/tests/etcd_netns.rs) needs: a real etcd (Debian's
+# etcd-server, 3.4) that the master's namespace runs from the agent's etcd.conf, iproute2 for the
+# nodes' network namespaces and their bridge, and curl as the nodes' etcd client. Nothing is
+# started here: the test starts etcd in its own namespace and stops it by its PID.
+#
+# Idempotent: a no-op when every tool is present.
+set -euo pipefail
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if ((${#need[@]})); then
+    echo "tests/setup/etcd.sh: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # The package must not start an etcd of its own on the host: a policy-rc.d that refuses
+    # every start, unless the machine has one already (then it is left as it is).
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v etcd >/dev/null || {
+    echo "tests/setup/etcd.sh: etcd still missing" >&2
+    exit 1
+}

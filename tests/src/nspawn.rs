@@ -276,15 +276,42 @@ impl Container {
     }
 
     /// Run a command inside the container (its mount, PID, UTS, IPC and network namespaces).
+    ///
+    /// Safe while the container shuts down: systemd-shutdown stops every process in the
+    /// container with SIGSTOP before it signals them, and nsenter, which waits outside, stops
+    /// itself when its child stops and would stay stopped after the child died. A watcher sends
+    /// nsenter SIGCONT whenever it is found stopped.
     pub fn exec(&self, argv: &[&str]) -> Output {
         let pid1 = self.pid1.expect("container is booted");
-        Command::new("nsenter")
+        let child = Command::new("nsenter")
             .arg("--target")
             .arg(pid1.to_string())
             .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--"])
             .args(argv)
-            .output()
-            .expect("run nsenter")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nsenter");
+        let pid = child.id();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if process_is_stopped(pid) {
+                        // SAFETY: kill has no memory-safety preconditions; `pid` is our child,
+                        // not yet reaped (wait_with_output below reaps it after `done` is set).
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let out = child.wait_with_output();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = watcher.join();
+        out.expect("wait for nsenter")
     }
 
     /// Writes `text` to the file `inside` the container, creating its parent directories.
@@ -493,5 +520,39 @@ impl Drop for SimInContainer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc/PID/stat).
+fn process_is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesised command name, which may itself hold spaces.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|s| s == "T")
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_process_is_seen_stopped() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(!process_is_stopped(pid));
+        // SAFETY: signals to our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !process_is_stopped(pid) {
+            assert!(Instant::now() < deadline, "never seen stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -669,3 +669,17 @@ fn the_shipped_unit_runs_the_agent_as_a_notify_daemon() {
         "Result=success"
     );
 }
+
+/// The harness itself: a command in the container that gets stopped (as systemd-shutdown stops
+/// every process before signalling them) does not leave `Container::exec` waiting forever on a
+/// stopped nsenter.
+#[test]
+fn exec_survives_a_command_that_is_stopped() {
+    if !berth_e2e::nspawn::have_root("exec_survives_a_command_that_is_stopped") {
+        return;
+    }
+    let mut ct = Container::new();
+    ct.boot();
+    let out = ct.exec(&["sh", "-c", "kill -STOP $$; echo resumed"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "resumed\n", "{out:?}");
+}

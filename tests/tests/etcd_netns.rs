@@ -25,25 +25,6 @@ use berth_sim::ClusterSpec;
 /// etcd 3.4 answers /version within a second of starting; the margin is for a loaded machine.
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn ready(test: &str) -> bool {
-    let ci = std::env::var_os("CI").is_some();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            !ci,
-            "{test}: CI runs as root; this test must not skip there"
-        );
-        eprintln!("SKIPPED {test}: needs root (network namespaces)");
-        return false;
-    }
-    if Command::new("etcd").arg("--version").output().is_err() {
-        assert!(!ci, "{test}: tests/setup/etcd.sh installs etcd in CI");
-        eprintln!("SKIPPED {test}: no etcd (run tests/setup/etcd.sh)");
-        return false;
-    }
-    true
-}
-
 fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
@@ -215,7 +196,7 @@ fn curl(ns: &str, args: &[&str]) -> Result<String, String> {
 #[test]
 fn every_node_reaches_the_masters_etcd_through_the_files_the_agent_wrote() {
     let test = "every_node_reaches_the_masters_etcd_through_the_files_the_agent_wrote";
-    if !ready(test) {
+    if !berth_e2e::can_run(test, "etcd", "etcd.sh") {
         return;
     }
     let mut spec = ClusterSpec::seed();

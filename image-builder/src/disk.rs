@@ -392,29 +392,34 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     log::info!("deploying {commit} into a fresh sysroot");
     let dep = deploy::deploy(&sysroot, &req.repo, &req.rev, &commit, &req.osname, &kargs)?;
     let dep_root = sysroot.join(&dep.deploy_dir);
-    let sd_boot = dep_root.join(SYSTEMD_BOOT_EFI);
-    let ext4_driver = EXT4_EFI_DRIVERS
-        .iter()
-        .map(|p| dep_root.join(p))
-        .find(|p| p.is_file());
-    if req.bootloader == Bootloader::SystemdBoot {
-        if !sd_boot.is_file() {
-            return Err(DiskError::NoSystemdBoot {
-                rev: req.rev.clone(),
-                path: format!("/{SYSTEMD_BOOT_EFI}"),
-            });
+    // What goes on the ESP: systemd-boot and the ext4 driver it reads /boot with.
+    let esp_files = match req.bootloader {
+        Bootloader::None => None,
+        Bootloader::SystemdBoot => {
+            let sd_boot = dep_root.join(SYSTEMD_BOOT_EFI);
+            if !sd_boot.is_file() {
+                return Err(DiskError::NoSystemdBoot {
+                    rev: req.rev.clone(),
+                    path: format!("/{SYSTEMD_BOOT_EFI}"),
+                });
+            }
+            let Some(driver) = EXT4_EFI_DRIVERS
+                .iter()
+                .map(|p| dep_root.join(p))
+                .find(|p| p.is_file())
+            else {
+                return Err(DiskError::NoExt4Driver {
+                    rev: req.rev.clone(),
+                    looked: EXT4_EFI_DRIVERS
+                        .iter()
+                        .map(|p| format!("/{p}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            Some((sd_boot, driver))
         }
-        if ext4_driver.is_none() {
-            return Err(DiskError::NoExt4Driver {
-                rev: req.rev.clone(),
-                looked: EXT4_EFI_DRIVERS
-                    .iter()
-                    .map(|p| format!("/{p}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-    }
+    };
 
     // The deployment mounts its /boot partition (the initramfs needs only the root).
     let fstab = dep_root.join("etc/fstab");
@@ -435,8 +440,8 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
 
     // The ESP: the bootloader and the driver it reads /boot with.
     let esp = work.path().join("esp");
-    if let (Bootloader::SystemdBoot, Some(driver)) = (req.bootloader, &ext4_driver) {
-        fill_esp(&esp, &sd_boot, driver)?;
+    if let Some((sd_boot, driver)) = &esp_files {
+        fill_esp(&esp, sd_boot, driver)?;
     } else {
         std::fs::create_dir(&esp).map_err(io(&esp))?;
     }

@@ -90,18 +90,6 @@ fn run(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-/// A debug binary without its debug info: what goes into the image (a 140 MB agent would make
-/// every disk build and boot slower for nothing).
-fn stripped(src: &Path, dir: &Path) -> PathBuf {
-    let dest = dir.join(src.file_name().unwrap());
-    run(Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&dest)
-        .arg(src));
-    dest
-}
-
 /// The test OS with berth layered on: the agent and its shipped unit, the profiles, the image
 /// defaults of tests/testos/layer/berth-config.yaml (`upgrade: false`, the EC2 endpoint), the
 /// stand-in daemon behind every Fedora 21 unit, and the test OS's stand-in for a staged upgrade
@@ -112,50 +100,17 @@ pub struct Layered {
     pub commit: String,
 }
 
-/// Layers berth onto the cached base under a ref of its own (`berth-testos/x86_64/test-NAME`).
-pub fn layer(repo: &Path, name: &str, scratch: &Path) -> Layered {
-    let agent = stripped(&bin("berth-agent"), scratch);
-    let standin = stripped(&bin("berth-standin"), scratch);
-    // The shipped units, without the directory's README.
-    let units = scratch.join("units");
-    std::fs::create_dir_all(&units).unwrap();
-    for f in ["berth-agent.service", "50-berth.preset"] {
-        std::fs::copy(workspace().join("configs/systemd").join(f), units.join(f)).unwrap();
-    }
-    // The test OS's own unit (a stand-in for rpm-ostree's staged upgrade) and its preset.
-    let test_units = workspace().join("tests/testos/layer/units");
-    for e in std::fs::read_dir(&test_units).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), units.join(e.file_name())).unwrap();
-    }
+/// Layers berth onto the cached base under a ref of its own (`berth-testos/x86_64/test-NAME`),
+/// with the test OS's own units (tests/testos/layer/layer.sh).
+pub fn layer(repo: &Path, name: &str) -> Layered {
+    let bin_dir = bin("berth-agent").parent().unwrap().to_path_buf();
     let rev = format!("berth-testos/x86_64/test-{name}");
-    let mut cmd = Command::new(bin("berth-image"));
-    cmd.arg("commit")
-        .arg("--repo")
+    let out = run(Command::new("bash")
+        .arg(workspace().join("tests/testos/layer/layer.sh"))
         .arg(repo)
-        .args(["--base", BASE_REF, "--ref", &rev])
-        .arg("--agent")
-        .arg(&agent)
-        .arg("--units")
-        .arg(&units)
-        .arg("--profiles")
-        .arg(workspace().join("configs/profiles"))
-        .arg("--add-file")
-        .arg(format!(
-            "{}:/usr/share/berth/config.yaml",
-            workspace()
-                .join("tests/testos/layer/berth-config.yaml")
-                .display()
-        ));
-    cmd.arg("--add-file").arg(format!(
-        "{}:/usr/lib/berth-test/redeploy.sh",
-        workspace().join("tests/testos/layer/redeploy.sh").display()
-    ));
-    for daemon in crate::nspawn::STANDINS {
-        cmd.arg("--add-file")
-            .arg(format!("{}:/usr/bin/{daemon}", standin.display()));
-    }
-    let out = run(&mut cmd);
+        .arg(&rev)
+        .arg("--with-test-units")
+        .env("BERTH_BIN_DIR", bin_dir));
     Layered {
         repo: repo.to_path_buf(),
         rev,

@@ -210,7 +210,7 @@ fn disk_boots_under_qemu_and_berth_agent_runs_first_boot_once_per_instance() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
-    let layered = qemu::layer(&repo, &std::process::id().to_string(), d);
+    let layered = qemu::layer(&repo, &std::process::id().to_string());
     let _ref = RefGuard(&repo, layered.rev.clone());
     let disk = d.join("disk.raw");
     let (summary, disk_time) = qemu::build_disk(

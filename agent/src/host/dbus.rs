@@ -43,13 +43,12 @@ impl DbusHost {
         let systemd = match &addresses.system {
             None => Systemd::system().await,
             Some(a) => Systemd::connect(a).await,
-        }
-        .map_err(err)?;
+        }?;
         // logind lives on the same bus as systemd; share the connection.
         let login = Login::on(systemd.connection().clone());
         let rpmostree = match &addresses.rpmostree {
             None => RpmOstree::on(systemd.connection().clone()),
-            Some(a) => RpmOstree::connect(a).await.map_err(err)?,
+            Some(a) => RpmOstree::connect(a).await?,
         };
         Ok(DbusHost {
             systemd,
@@ -87,7 +86,7 @@ impl DbusHost {
 
     async fn ensure_subscribed(&mut self) -> Result<(), HostError> {
         if !self.subscribed {
-            self.systemd.subscribe().await.map_err(err)?;
+            self.systemd.subscribe().await?;
             self.subscribed = true;
         }
         Ok(())
@@ -109,57 +108,60 @@ impl DbusHost {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> HostError {
-    HostError::new(e.to_string())
-}
-
 impl Host for DbusHost {
     async fn reload(&mut self) -> Result<(), HostError> {
         self.ensure_subscribed().await?;
         log::info!("systemd: daemon-reload");
-        self.systemd.reload().await.map_err(err)
+        self.systemd.reload().await.map_err(HostError::from)
     }
 
     async fn unit_op(&mut self, unit: &str, op: UnitOp) -> Result<(), HostError> {
         self.ensure_subscribed().await?;
         match op {
             UnitOp::Enable => {
-                let state = self.systemd.unit_file_state(unit).await.map_err(err)?;
+                let state = self.systemd.unit_file_state(unit).await?;
                 if state == "enabled" {
                     log::debug!("enable {unit}: already enabled");
                     return Ok(());
                 }
-                if self.systemd.enable(&[unit]).await.map_err(err)? {
+                if self.systemd.enable(&[unit]).await? {
                     // As `systemctl enable` does: the new wants/ links take effect on reload.
-                    self.systemd.reload().await.map_err(err)?;
+                    self.systemd.reload().await?;
                 }
                 log::info!("enable {unit}: done (was {state})");
                 Ok(())
             }
             UnitOp::Disable => {
-                let state = self.systemd.unit_file_state(unit).await.map_err(err)?;
+                let state = self.systemd.unit_file_state(unit).await?;
                 if state != "enabled" && state != "enabled-runtime" {
                     log::debug!("disable {unit}: nothing to do ({state})");
                     return Ok(());
                 }
-                if self.systemd.disable(&[unit]).await.map_err(err)? {
-                    self.systemd.reload().await.map_err(err)?;
+                if self.systemd.disable(&[unit]).await? {
+                    self.systemd.reload().await?;
                 }
                 log::info!("disable {unit}: done");
                 Ok(())
             }
-            UnitOp::Start => self.systemd.start(unit).await.map_err(err),
-            UnitOp::Stop => self.systemd.stop(unit).await.map_err(err),
-            UnitOp::Restart => self.systemd.restart(unit).await.map_err(err),
+            UnitOp::Start => self.systemd.start(unit).await.map_err(HostError::from),
+            UnitOp::Stop => self.systemd.stop(unit).await.map_err(HostError::from),
+            UnitOp::Restart => self.systemd.restart(unit).await.map_err(HostError::from),
         }
     }
 
     async fn upgrade_os(&mut self) -> Result<UpgradeOutcome, HostError> {
         let interrupt = self.interrupted();
-        self.rpmostree.upgrade(interrupt).await.map_err(err)
+        self.rpmostree
+            .upgrade(interrupt)
+            .await
+            .map_err(HostError::from)
     }
 
     async fn reboot(&mut self) -> Result<(), HostError> {
-        self.login.reboot().await.map(|_| ()).map_err(err)
+        self.login
+            .reboot()
+            .await
+            .map(|_| ())
+            .map_err(HostError::from)
     }
 }

@@ -48,19 +48,20 @@ pub enum UpgradeOutcome {
     Staged { from: String, to: String },
 }
 
-/// A failure of a host action, with what the user should look at.
+/// A failure of a host action. Each variant keeps the daemon's own typed error (which unit, which
+/// method, which job result), so a caller can tell a failed unit job from a bus that is gone; the
+/// Display of each says what the user should look at (`journalctl -u ...`).
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct HostError {
-    pub message: String,
-}
-
-impl HostError {
-    pub fn new(message: impl Into<String>) -> Self {
-        HostError {
-            message: message.into(),
-        }
-    }
+pub enum HostError {
+    /// systemd: connecting, a unit-file call, or a job that ended other than `done`.
+    #[error(transparent)]
+    Systemd(#[from] systemd::SystemdError),
+    /// rpm-ostree: connecting, the upgrade call, or its transaction.
+    #[error(transparent)]
+    RpmOstree(#[from] rpmostree::RpmOstreeError),
+    /// The reboot request, through logind and then systemd's reboot.target.
+    #[error(transparent)]
+    Reboot(#[from] login::RebootError),
 }
 
 /// The actions the agent takes on its host, in the order the planner gives them.

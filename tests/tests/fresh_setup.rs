@@ -404,3 +404,298 @@ fn setup_scripts_take_install_only() {
         );
     }
 }
+
+/// An apt of its own, without root or network: sources, lists, a dpkg status and a mirror that
+/// are files in a temporary directory (APT_CONFIG, DPKG_ADMINDIR), and an `apt-get` first on
+/// PATH that records its calls, "downloads" on `update` the lists of every configured suite
+/// from the mirror directory, and simulates `install` (`-s`). The real apt resolves everything.
+struct AptWorld {
+    dir: tempfile::TempDir,
+    codename: String,
+}
+
+/// A bookworm qemu family and mtools, and bookworm-backports' qemu family (NotAutomatic, as the
+/// archive has it): qemu-system-x86 needs qemu-system-common of its own version exactly.
+const MAIN_PACKAGES: &str = "\
+Package: qemu-utils\nSource: qemu\nVersion: 1:7.2+dfsg-7+b3\n\n\
+Package: qemu-system-common\nSource: qemu\nVersion: 1:7.2+dfsg-7+b3\n\n\
+Package: qemu-system-x86\nSource: qemu\nVersion: 1:7.2+dfsg-7+b3\nDepends: qemu-system-common (= 1:7.2+dfsg-7+b3)\n\n\
+Package: mtools\nVersion: 4.0.33-1+b1\n\n";
+const BACKPORTS_PACKAGES: &str = "\
+Package: qemu-utils\nSource: qemu\nVersion: 1:10.0.2+ds-2~bpo12+1\nBreaks: qemu-system-common (<< 1:8.0)\n\n\
+Package: qemu-system-common\nSource: qemu\nVersion: 1:10.0.2+ds-2~bpo12+1\n\n\
+Package: qemu-system-x86\nSource: qemu\nVersion: 1:10.0.2+ds-2~bpo12+1\nDepends: qemu-system-common (= 1:10.0.2+ds-2~bpo12+1)\n\n";
+
+impl AptWorld {
+    /// A machine whose sources list the release alone, with `installed` (a qemu-utils version,
+    /// or none) installed.
+    fn new(codename: &str, installed: Option<&str>) -> AptWorld {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        for d in [
+            "etc/sources.list.d",
+            "etc/apt.conf.d",
+            "etc/preferences.d",
+            "lists/partial",
+            "dpkg/updates",
+            "dpkg/info",
+            "cache/archives/partial",
+            "mirror",
+            "bin",
+        ] {
+            std::fs::create_dir_all(w.join(d)).unwrap();
+        }
+        std::fs::write(
+            w.join("etc/sources.list"),
+            format!("deb http://mirror.invalid/debian {codename} main\n"),
+        )
+        .unwrap();
+        let stanzas = |text: &str| {
+            text.split("\n\n")
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    let name = s.lines().next().unwrap().trim_start_matches("Package: ");
+                    format!(
+                        "{s}\nArchitecture: amd64\nMaintainer: berth <berth@invalid>\n\
+                         Installed-Size: 1\nFilename: pool/main/{name}.deb\nSize: 1\n\
+                         SHA256: {}\nDescription: {name}\n\n",
+                        "0".repeat(64)
+                    )
+                })
+                .collect::<String>()
+        };
+        for (suite, packages, extra) in [
+            (codename.to_string(), MAIN_PACKAGES, ""),
+            (
+                format!("{codename}-backports"),
+                BACKPORTS_PACKAGES,
+                "NotAutomatic: yes\nButAutomaticUpgrades: yes\n",
+            ),
+        ] {
+            let base = format!("mirror/mirror.invalid_debian_dists_{suite}");
+            std::fs::write(
+                w.join(format!("{base}_main_binary-amd64_Packages")),
+                stanzas(packages),
+            )
+            .unwrap();
+            std::fs::write(
+                w.join(format!("{base}_Release")),
+                format!(
+                    "Origin: Debian\nSuite: {suite}\nCodename: {suite}\n{extra}\
+                     Date: Sat, 01 Nov 2025 00:00:00 UTC\nArchitectures: amd64\nComponents: main\n"
+                ),
+            )
+            .unwrap();
+        }
+        let status = match installed {
+            Some(version) => format!(
+                "Package: qemu-utils\nStatus: install ok installed\nSource: qemu\n\
+                 Version: {version}\nBreaks: qemu-system-common (<< 1:8.0)\nArchitecture: amd64\n\
+                 Maintainer: berth <berth@invalid>\nDescription: qemu-utils\n\n"
+            ),
+            None => String::new(),
+        };
+        std::fs::write(w.join("dpkg/status"), status).unwrap();
+        std::fs::write(
+            w.join("apt.conf"),
+            format!(
+                "Dir::Etc \"{w}/etc\";\nDir::State::Lists \"{w}/lists\";\n\
+                 Dir::State::status \"{w}/dpkg/status\";\nDir::Cache \"{w}/cache\";\n\
+                 Dir::Cache::pkgcache \"\";\nDir::Cache::srcpkgcache \"\";\n\
+                 APT::Get::AllowUnauthenticated \"true\";\n",
+                w = w.display()
+            ),
+        )
+        .unwrap();
+        let shim = w.join("bin/apt-get");
+        std::fs::write(
+            &shim,
+            format!(
+                r#"#!/bin/bash
+printf '%s\n' "$*" >>{w}/calls
+case " $* " in
+*" update "*)
+    for suite in $(/usr/bin/apt-get indextargets --no-release-info --format '$(RELEASE)' | sort -u); do
+        cp {w}/mirror/*_dists_"$suite"_* {w}/lists/ 2>/dev/null || true
+    done
+    exit 0 ;;
+*" install "*) exec /usr/bin/apt-get -s "$@" ;;
+esac
+exec /usr/bin/apt-get "$@"
+"#,
+                w = w.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        AptWorld {
+            dir,
+            codename: codename.to_string(),
+        }
+    }
+
+    /// Runs lib.sh's `berth_apt_install` with `packages`; (exit code, stdout + stderr).
+    fn install(&self, packages: &str, stamp: Option<&std::path::Path>) -> (Option<i32>, String) {
+        let w = self.dir.path();
+        let lib = tests_dir().join("setup/lib.sh");
+        let mut cmd = std::process::Command::new("bash");
+        cmd.args([
+            "-c",
+            &format!(". {}; berth_apt_install {packages}", lib.display()),
+        ])
+        .env("APT_CONFIG", w.join("apt.conf"))
+        .env("DPKG_ADMINDIR", w.join("dpkg"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                w.join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env_remove("BERTH_DEBIAN_MIRROR")
+        .env_remove("BERTH_APT_STAMP");
+        if let Some(stamp) = stamp {
+            cmd.env("BERTH_APT_STAMP", stamp);
+        }
+        let out = cmd.output().expect("bash");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    }
+
+    /// The apt-get calls lib.sh made, without the read-only `indextargets` ones.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("indextargets"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn backports_source(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join(format!(
+            "etc/sources.list.d/berth-{}-backports.sources",
+            self.codename
+        )))
+        .ok()
+    }
+}
+
+fn host_codename() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+}
+
+/// The release rule of lib.sh's `berth_apt_install`, on an apt of the test's own (no root, no
+/// network): QEMU from the release of the qemu-utils the machine carries.
+#[test]
+fn packages_come_from_the_release_of_their_installed_siblings() {
+    let (Some(codename), Ok(_)) = (
+        host_codename(),
+        std::process::Command::new("/usr/bin/apt-get")
+            .arg("--version")
+            .output(),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs on Debian, which has apt-get"
+        );
+        eprintln!("\n*** SKIPPED packages_come_from_the_release_of_their_installed_siblings: not Debian ***\n");
+        return;
+    };
+    let bpo = "1:10.0.2+ds-2~bpo12+1";
+    let backports = format!("{codename}-backports");
+
+    // The machine image's case: qemu-utils from backports, sources listing the release alone.
+    let world = AptWorld::new(&codename, Some(bpo));
+    let (code, out) = world.install("mtools qemu-system-x86", None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("Inst qemu-system-x86 ({bpo} "))
+            && out.contains(&format!("Inst qemu-system-common ({bpo} "))
+            && out.contains("Inst mtools (4.0.33-1+b1 "),
+        "{out}"
+    );
+    let source = world.backports_source().expect("backports enabled");
+    assert!(
+        source.contains("URIs: http://mirror.invalid/debian\n")
+            && source.contains(&format!("Suites: {backports}\n")),
+        "{source}"
+    );
+    assert_eq!(
+        world.calls(),
+        [
+            "update -qq".to_string(),
+            "update -qq".to_string(),
+            "install -y -qq --no-install-recommends mtools".to_string(),
+            format!("install -y -qq --no-install-recommends -t {backports} qemu-system-x86"),
+        ],
+        "{out}"
+    );
+
+    // Installing the two together from the release alone, as qemu.sh did, is what apt refuses.
+    let world = AptWorld::new(&codename, Some(bpo));
+    let (code, out) = world.install("mtools", None);
+    assert_eq!(code, Some(0), "{out}");
+    let refused = std::process::Command::new("/usr/bin/apt-get")
+        .args(["install", "-s", "qemu-system-x86", "qemu-utils"])
+        .env("APT_CONFIG", world.dir.path().join("apt.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the world must reproduce apt's refusal: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(
+        world.backports_source().is_none(),
+        "mtools needs no backports"
+    );
+
+    // qemu-utils from the release: the release's qemu-system-x86, backports untouched; and one
+    // `apt-get update` for two scripts sharing a stamp, as under tests/run.
+    let world = AptWorld::new(&codename, Some("1:7.2+dfsg-7+b3"));
+    let stamp = world.dir.path().join("stamp");
+    let (code, out) = world.install("qemu-system-x86", Some(&stamp));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Inst qemu-system-x86 (1:7.2+dfsg-7+b3 "),
+        "{out}"
+    );
+    let (code, out) = world.install("mtools", Some(&stamp));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(world.backports_source().is_none(), "{out}");
+    assert_eq!(
+        world.calls(),
+        [
+            "update -qq",
+            "install -y -qq --no-install-recommends qemu-system-x86",
+            "install -y -qq --no-install-recommends mtools",
+        ],
+        "{out}"
+    );
+
+    // A qemu-utils newer than backports too: a clear error naming the packages, nothing installed.
+    let world = AptWorld::new(&codename, Some("1:11.0+ds-1"));
+    let (code, out) = world.install("qemu-system-x86", None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("qemu-utils 1:11.0+ds-1")
+            && out.contains(&format!("{backports} ({bpo})"))
+            && out.contains("run this script again"),
+        "{out}"
+    );
+    assert!(
+        !world.calls().iter().any(|c| c.starts_with("install")),
+        "{:?}",
+        world.calls()
+    );
+}

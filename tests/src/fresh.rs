@@ -12,7 +12,8 @@
 //! [`CERTS_INSIDE`], not over the container's `/etc/ssl/certs`, which ca-certificates writes
 //! when a script pulls it in); the host's `PIP_*` and proxy variables, with paths rewritten or
 //! bound so that they hold inside; and two caches under `$BERTH_CACHE/fresh-setup` (`.deb`
-//! files, pip's) so that a second run downloads less.
+//! files, pip's) so that a second run downloads less. One machine at a time uses the caches:
+//! a second waits for the first to be dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -64,6 +65,9 @@ pub struct Machine {
     mounts: Vec<PathBuf>,
     binds: Vec<String>,
     env: Vec<(String, String)>,
+    /// An exclusive lock on the caches, held while the machine lives: apt in two machines
+    /// would otherwise fight over the one `.deb` cache's lock and fail.
+    _caches_lock: std::fs::File,
 }
 
 impl Machine {
@@ -71,6 +75,12 @@ impl Machine {
     /// (the checkout's `tests/` directory) inside at [`TESTS_INSIDE`].
     pub fn new(tests: &Path) -> Machine {
         let lower = crate::nspawn::rootfs();
+        let caches = crate::nspawn::cache_dir().join("fresh-setup");
+        std::fs::create_dir_all(&caches).expect("cache directory");
+        let lock = std::fs::File::create(caches.join(".lock")).expect("the caches' lock file");
+        // SAFETY: flock on a descriptor this function owns; it blocks until the lock is free.
+        let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        assert_eq!(locked, 0, "lock {}", caches.join(".lock").display());
         let dir = tempfile::Builder::new()
             .prefix("berth-fresh-")
             .tempdir()
@@ -80,6 +90,7 @@ impl Machine {
             mounts: Vec::new(),
             binds: Vec::new(),
             env: Vec::new(),
+            _caches_lock: lock,
         };
         let top = machine.dir.path().to_path_buf();
         mount(&[
@@ -106,7 +117,6 @@ impl Machine {
 
         machine.bind_ro(tests, TESTS_INSIDE);
         machine.bind_ro(Path::new("/etc/ssl/certs"), CERTS_INSIDE);
-        let caches = crate::nspawn::cache_dir().join("fresh-setup");
         for (host, inside) in [
             ("apt-archives", "/var/cache/apt/archives"),
             ("pip", "/root/.cache/pip"),

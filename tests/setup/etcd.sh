@@ -4,18 +4,17 @@
 # nodes' network namespaces and their bridge, and curl as the nodes' etcd client. Nothing is
 # started here: the test starts etcd in its own namespace and stops it by its PID.
 #
-# Idempotent: a no-op when every tool is present.
+# Idempotent: a no-op when every tool is present. Install only; nothing is built.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
-need=()
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
-command -v curl >/dev/null 2>&1 || need+=(curl)
+install_part() {
+    local need=()
+    command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    ((${#need[@]})) || return 0
 
-if ((${#need[@]})); then
-    echo "tests/setup/etcd.sh: installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
     # The package must not start an etcd of its own on the host: a policy-rc.d that refuses
     # every start, unless the machine has one already (then it is left as it is).
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -23,9 +22,8 @@ if ((${#need[@]})); then
         chmod +x /usr/sbin/policy-rc.d
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
-    apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-command -v etcd >/dev/null || {
-    echo "tests/setup/etcd.sh: etcd still missing" >&2
-    exit 1
+    berth_apt_install "${need[@]}"
+    command -v etcd >/dev/null || berth_die "etcd still missing after installing etcd-server"
 }
+
+berth_setup_main "$@"

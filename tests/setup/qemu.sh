@@ -5,28 +5,28 @@
 # e2fsprogs (mke2fs -d, debugfs) for the ext4 partitions, OVMF to boot the disk through its own
 # bootloader, and netcat (OpenBSD's) as the per-connection relay behind QEMU's guestfwd.
 #
-# Idempotent: a no-op when every tool is present.
+# QEMU's packages must come from one release: qemu-utils from bookworm-backports (as some machine
+# images carry it) breaks bookworm's qemu-system-x86, so berth_apt_install (lib.sh) takes
+# qemu-system-x86 from the release the installed qemu-utils came from, enabling bookworm-backports
+# from the machine's own mirror when that is where it came from.
+#
+# Idempotent: a no-op when every tool is present. Install only; nothing is built.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
-need=()
-# Installed together: qemu-system-x86 pins the qemu-utils version it works with, and apt removes
-# a qemu-utils from another release (e.g. a backport) when it installs qemu-system-x86 alone.
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then
-    need+=(qemu-system-x86 qemu-utils)
-fi
-command -v mkfs.fat >/dev/null 2>&1 || need+=(dosfstools)
-command -v mcopy >/dev/null 2>&1 || need+=(mtools)
-command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
-command -v nc.openbsd >/dev/null 2>&1 || need+=(netcat-openbsd)
-[[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || need+=(ovmf)
+install_part() {
+    local need=()
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+    command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+    command -v mkfs.fat >/dev/null 2>&1 || need+=(dosfstools)
+    command -v mcopy >/dev/null 2>&1 || need+=(mtools)
+    command -v mke2fs >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need+=(e2fsprogs)
+    command -v nc.openbsd >/dev/null 2>&1 || need+=(netcat-openbsd)
+    [[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || need+=(ovmf)
 
-if ((${#need[@]})); then
-    echo "tests/setup/qemu.sh: installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-command -v qemu-img >/dev/null && command -v qemu-system-x86_64 >/dev/null || {
-    echo "tests/setup/qemu.sh: qemu-img or qemu-system-x86_64 still missing" >&2
-    exit 1
+    berth_apt_install "${need[@]}"
+    qemu-system-x86_64 --version >/dev/null && qemu-img --version >/dev/null ||
+        berth_die "qemu-system-x86_64 or qemu-img does not run after the install"
 }
+
+berth_setup_main "$@"

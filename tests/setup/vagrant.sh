@@ -4,17 +4,16 @@
 # libvirt settings too, and tar for `berth-image vagrant-box`. Nothing is started: the checks
 # validate and package, they do not boot VMs.
 #
-# Idempotent: a no-op when the tools are present.
+# Idempotent: a no-op when the tools are present. Install only; nothing is built.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
-need=()
-command -v vagrant >/dev/null 2>&1 || need+=(vagrant)
-dpkg-query -W -f='${Status}' vagrant-libvirt 2>/dev/null | grep -q "ok installed" || need+=(vagrant-libvirt)
-command -v tar >/dev/null 2>&1 || need+=(tar)
+install_part() {
+    local need=()
+    command -v vagrant >/dev/null 2>&1 || need+=(vagrant)
+    dpkg-query -W -f='${Status}' vagrant-libvirt 2>/dev/null | grep -q "ok installed" || need+=(vagrant-libvirt)
+    command -v tar >/dev/null 2>&1 || need+=(tar)
+    berth_apt_install "${need[@]}"
+}
 
-if ((${#need[@]})); then
-    echo "tests/setup/vagrant.sh: installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+berth_setup_main "$@"

@@ -596,6 +596,26 @@ mod tests {
     }
 
     #[test]
+    fn quoted_values_are_cut_and_strings_not_quoted() {
+        let huge = "v".repeat(1 << 20);
+        let tags = [("berth:cluster".to_string(), huge)].into();
+        let e = Config::merge([("tags", &Layer::from_tags(&tags))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
+        assert!(e.contains("(1048576 bytes in all)"), "{e}");
+        let e = one("kubernetes: \"password: hunter2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("invalid type: a string"), "{e}");
+        let e = one(&format!("upgrade_failure: {}\n", "w".repeat(5000)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 600, "{e}");
+    }
+
+    #[test]
     fn ec2_endpoint_is_validated() {
         let c = one("ec2_endpoint: http://169.254.169.253/\n").unwrap();
         assert_eq!(c.ec2_endpoint.as_deref(), Some("http://169.254.169.253/"));

@@ -374,6 +374,44 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_batch_leaves_no_temporary_file() {
+        use crate::config::Role;
+        use crate::plan::FilePlan;
+        let d = tempfile::tempdir().unwrap();
+        // The second target is a non-empty directory: its rename fails (EISDIR/ENOTEMPTY).
+        fs::create_dir_all(d.path().join("etc/b/x")).unwrap();
+        let file = |path: &str| FilePlan {
+            path: path.into(),
+            action: FileAction::Create,
+            mode: "0644".into(),
+            sha256: None,
+            restarts: vec![],
+            content: Some(b"new".to_vec()),
+        };
+        let plan = Plan {
+            instance_id: "i-1".into(),
+            node: "n".into(),
+            role: Role::Minion,
+            profile: "p".into(),
+            files: vec![file("/etc/a"), file("/etc/b"), file("/etc/c")],
+            reload: false,
+            units: vec![],
+        };
+        let e = apply_files(d.path(), &plan, |_| {}).unwrap_err();
+        assert_eq!(e.path, d.path().join("etc/b"));
+        let mut names: Vec<_> = fs::read_dir(d.path().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "the first file in place, no temporary file"
+        );
+    }
+
+    #[test]
     fn stale_temps_of_dead_runs_are_removed_and_nothing_else() {
         let d = tempfile::tempdir().unwrap();
         let etc = d.path().join("etc");

@@ -106,8 +106,10 @@ pub fn render_report(r: &Report) -> String {
             .map(|i| format!(" for {i}"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "last run: {}{instance} (exit {}, since {} s after the epoch)\n",
-            l.outcome, l.exit_code, l.since
+            "last run: {}{instance} (exit {}, since {})\n",
+            l.outcome,
+            l.exit_code,
+            utc(l.since)
         ));
         if let Some(e) = &l.error {
             out.push_str(&format!("  reason: {e}\n"));
@@ -119,6 +121,28 @@ pub fn render_report(r: &Report) -> String {
         }
     }
     out
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time (the civil-from-days algorithm of Howard
+/// Hinnant's "chrono-Compatible Low-Level Date Algorithms").
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The state as text, for this node's state or not.
@@ -207,6 +231,13 @@ mod tests {
             machine_id: Some(machine.into()),
             ..State::default()
         }
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_041_361), "2026-11-30T12:22:41Z");
     }
 
     #[test]

@@ -276,9 +276,27 @@ fn read_mime(bytes: &[u8], out: &mut UserData) -> Result<(), UserDataError> {
     if boundaries > MAX_PARTS {
         return Err(UserDataError::TooManyParts { limit: MAX_PARTS });
     }
-    let mail = mailparse::parse_mail(bytes).map_err(|e| UserDataError::Mime {
-        message: truncate_value(&e.to_string()),
-    })?;
+    let mail = match mailparse::parse_mail(bytes) {
+        Ok(m) => m,
+        // A document that names no berth part is not berth's to refuse.
+        Err(e)
+            if !lower
+                .windows(BERTH_CONTENT_TYPE.len())
+                .any(|w| w == BERTH_CONTENT_TYPE.as_bytes()) =>
+        {
+            out.notes.push(format!(
+                "user-data is MIME that berth cannot read ({}) and names no {BERTH_CONTENT_TYPE} \
+                 part; left to cloud-init",
+                truncate_value(&e.to_string())
+            ));
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(UserDataError::Mime {
+                message: truncate_value(&e.to_string()),
+            })
+        }
+    };
     let mut leaves = Vec::new();
     collect_leaves(&mail, &mut leaves);
     if leaves.len() > MAX_PARTS {

@@ -117,7 +117,17 @@ fn assert_left_alone(raw: &[u8], note: &str) {
         "{note} not in:\n{}",
         text(&st.stdout)
     );
-    assert_secret_kept(&[&out, &st], root.path());
+    let plan = region.agent("fed-minion", root.path(), &["plan", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan JSON");
+    assert!(
+        v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains(note)),
+        "{note} not in the plan's notes: {v}"
+    );
+    assert_secret_kept(&[&out, &st, &plan], root.path());
 }
 
 /// User-data refused: exit 3, the reason on stderr, no file of the host changed, no state.

@@ -318,7 +318,7 @@ impl Agent {
             .cloned()
             .ok_or_else(|| RunError::NoName {
                 instance_id: sources.identity.instance_id.clone(),
-                dns: sources.identity.private_dns_name.clone(),
+                dns: crate::config::truncate_value(&sources.identity.private_dns_name),
             })?;
         Ok(Context {
             instances_seen: instances.len(),

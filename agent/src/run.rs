@@ -252,6 +252,7 @@ impl Agent {
     /// Sources, config and profile: everything that can be wrong with the input, checked before
     /// anything is written.
     async fn inputs(&mut self) -> Result<(Sources, Config, Profile, Role), RunError> {
+        self.notes.clear();
         let root = self.opts.root.clone();
         let mut layers: Vec<(String, Layer)> = Vec::new();
         for p in [IMAGE_CONFIG, HOST_CONFIG] {
@@ -267,7 +268,6 @@ impl Agent {
         let files = Config::merge(layers.iter().map(|(n, l)| (n.as_str(), l)))?;
         self.remote
             .configure_ec2_endpoint(files.ec2_endpoint.as_deref());
-        self.notes.clear();
         let sources = self.remote.sources().await?;
         self.instance_id = Some(sources.identity.instance_id.clone());
         let tag_source = match sources.tag_source {

@@ -92,10 +92,17 @@ pub fn apply_files(
     if staged.is_empty() && removals.is_empty() {
         return Ok(0);
     }
-    sync_fs(root)?;
+    if let Err(e) = sync_fs(root) {
+        remove_temps(staged.iter().map(|(tmp, _, _)| tmp));
+        return Err(e);
+    }
     let mut n = 0;
-    for (tmp, full, path) in &staged {
-        fs::rename(tmp, full).map_err(err("renaming into place", full))?;
+    for (i, (tmp, full, path)) in staged.iter().enumerate() {
+        if let Err(e) = put_in_place(tmp, full) {
+            // The batch stops here; none of its temporary files may outlive it.
+            remove_temps(staged[i..].iter().map(|(tmp, _, _)| tmp));
+            return Err(e);
+        }
         n += 1;
         after_each(path);
     }
@@ -110,6 +117,116 @@ pub fn apply_files(
     }
     sync_fs(root)?;
     Ok(n)
+}
+
+fn remove_temps<'a>(temps: impl Iterator<Item = &'a PathBuf>) {
+    for tmp in temps {
+        let _ = fs::remove_file(tmp);
+    }
+}
+
+/// Renames `tmp` over `full`; when `full` cannot be replaced by a rename, rewrites it in place.
+///
+/// rename(2) fails with EBUSY when the target is a mount point (`/etc/hosts` bind-mounted into a
+/// container, or by `ip netns exec`) and with EXDEV when it is on another filesystem than its
+/// directory. The file can then only be rewritten in place: open, truncate, write, fsync. That
+/// gives up atomicity for this one file (a reader may see it empty or partial for the length of
+/// one write, and a crash in between leaves it partial until the next run, which finds it
+/// differing and rewrites it), which is the price of a file someone else mounted there; it keeps
+/// the mount and its inode. The temporary file is removed either way.
+fn put_in_place(tmp: &Path, full: &Path) -> Result<(), FileError> {
+    let e = match fs::rename(tmp, full) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let result = match e.raw_os_error() {
+        Some(libc::EBUSY) | Some(libc::EXDEV) => {
+            log::info!(
+                "{} cannot be replaced by a rename ({e}); rewriting it in place",
+                full.display()
+            );
+            rewrite_in_place(tmp, full)
+        }
+        _ => Err(err("renaming into place", full)(e)),
+    };
+    let _ = fs::remove_file(tmp);
+    result
+}
+
+fn rewrite_in_place(tmp: &Path, full: &Path) -> Result<(), FileError> {
+    let content = fs::read(tmp).map_err(err("reading", tmp))?;
+    let mode = fs::metadata(tmp)
+        .map_err(err("reading", tmp))?
+        .permissions()
+        .mode();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(full)
+        .map_err(err("opening for an in-place rewrite", full))?;
+    f.write_all(&content)
+        .map_err(err("rewriting in place", full))?;
+    f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(err("setting the mode of", full))?;
+    f.sync_all().map_err(err("syncing", full))
+}
+
+/// The marker of berth's temporary files: `.NAME.berth-PID` beside the file `NAME`.
+const TEMP_MARK: &str = ".berth-";
+
+/// Removes berth's temporary files left in `dirs` by a run that was killed (SIGKILL, power loss)
+/// between writing and renaming them. Only names of the form `.NAME.berth-PID` are touched, and
+/// only when PID is not a running berth-agent (another run may be staging its own); returns how
+/// many were removed. Errors are logged, never fatal: a leftover temporary file harms nothing.
+pub fn remove_stale_temps<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> usize {
+    let mut removed = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for dir in dirs {
+        if !seen.insert(dir.to_path_buf()) {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(pid) = temp_pid(name) else { continue };
+            if pid != std::process::id() && berth_running(pid) {
+                continue;
+            }
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            match fs::remove_file(e.path()) {
+                Ok(()) => {
+                    log::info!("removed {}, left by an interrupted run", e.path().display());
+                    removed += 1;
+                }
+                Err(err) => log::warn!("removing {}: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
+}
+
+/// The PID of a name `.NAME.berth-PID`.
+fn temp_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let at = rest.rfind(TEMP_MARK)?;
+    if at == 0 {
+        return None;
+    }
+    let pid = &rest[at + TEMP_MARK.len()..];
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether `pid` is a running berth-agent (its `comm`, as `ps` shows it).
+fn berth_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "berth-agent")
 }
 
 /// syncfs(2) of the filesystem holding `root`.
@@ -133,7 +250,7 @@ fn write_temp(path: &Path, content: &[u8], mode: u32, sync: bool) -> Result<Path
     let name = path
         .file_name()
         .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.berth-{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}{TEMP_MARK}{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -164,10 +281,7 @@ fn write_temp(path: &Path, content: &[u8], mode: u32, sync: bool) -> Result<Path
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
     let tmp = write_temp(path, content, mode, true)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(err("renaming into place", path)(e));
-    }
+    put_in_place(&tmp, path)?;
     sync_dir(dir)
 }
 
@@ -257,6 +371,79 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.contains(".berth-")), "{names:?}");
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_no_temporary_file() {
+        use crate::config::Role;
+        use crate::plan::FilePlan;
+        let d = tempfile::tempdir().unwrap();
+        // The second target is a non-empty directory: its rename fails (EISDIR/ENOTEMPTY).
+        fs::create_dir_all(d.path().join("etc/b/x")).unwrap();
+        let file = |path: &str| FilePlan {
+            path: path.into(),
+            action: FileAction::Create,
+            mode: "0644".into(),
+            sha256: None,
+            restarts: vec![],
+            content: Some(b"new".to_vec()),
+        };
+        let plan = Plan {
+            instance_id: "i-1".into(),
+            node: "n".into(),
+            role: Role::Minion,
+            profile: "p".into(),
+            files: vec![file("/etc/a"), file("/etc/b"), file("/etc/c")],
+            reload: false,
+            units: vec![],
+        };
+        let e = apply_files(d.path(), &plan, |_| {}).unwrap_err();
+        assert_eq!(e.path, d.path().join("etc/b"));
+        let mut names: Vec<_> = fs::read_dir(d.path().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "the first file in place, no temporary file"
+        );
+    }
+
+    #[test]
+    fn stale_temps_of_dead_runs_are_removed_and_nothing_else() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = d.path().join("etc");
+        fs::create_dir_all(&etc).unwrap();
+        // PID 2^22 + 1 is above Linux's pid_max: no such process.
+        for name in [".hosts.berth-4194305", ".etcd.conf.berth-4194306", "hosts"] {
+            fs::write(etc.join(name), b"x").unwrap();
+        }
+        for keep in [
+            ".berth-12",
+            ".hosts.berth-",
+            ".hosts.berth-12x",
+            "hosts.berth-12",
+        ] {
+            fs::write(etc.join(keep), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps([etc.as_path(), etc.as_path()]), 2);
+        let mut names: Vec<_> = fs::read_dir(&etc)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".berth-12",
+                ".hosts.berth-",
+                ".hosts.berth-12x",
+                "hosts",
+                "hosts.berth-12"
+            ]
+        );
     }
 
     #[test]

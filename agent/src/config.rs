@@ -206,6 +206,41 @@ impl Layer {
             .map_err(|e| syntax_error(source_name, &e))
     }
 
+    /// The `berth:` section of a `#cloud-config` document; `None` when it has none. Every other
+    /// key is cloud-init's and is not looked at; errors in berth's section keep their line and
+    /// column in the whole document.
+    pub fn parse_cloud_config(source_name: &str, text: &str) -> Result<Option<Layer>, ConfigError> {
+        #[derive(Deserialize)]
+        struct CloudConfig {
+            #[serde(default)]
+            berth: Option<Layer>,
+        }
+        serde_norway::from_str::<Option<CloudConfig>>(text)
+            .map(|c| c.and_then(|c| c.berth))
+            .map_err(|e| syntax_error(source_name, &e))
+    }
+
+    /// What the root of a YAML document is, so that a scalar or a list (not berth's format) can
+    /// be told from a mapping before the strict parse.
+    pub fn root_kind(
+        source_name: &str,
+        text: &str,
+    ) -> Result<crate::userdata::RootKind, ConfigError> {
+        use crate::userdata::RootKind;
+        use serde_norway::Value;
+        if text.trim().is_empty() {
+            return Ok(RootKind::Empty);
+        }
+        let v: Value = serde_norway::from_str(text).map_err(|e| syntax_error(source_name, &e))?;
+        Ok(match v {
+            Value::Null => RootKind::Empty,
+            Value::Mapping(_) => RootKind::Mapping,
+            Value::Sequence(_) => RootKind::Other("list"),
+            Value::Tagged(_) => RootKind::Other("tagged value"),
+            _ => RootKind::Other("scalar"),
+        })
+    }
+
     /// The layer made of this instance's own tags.
     pub fn from_tags(tags: &std::collections::BTreeMap<String, String>) -> Layer {
         Layer {
@@ -216,12 +251,56 @@ impl Layer {
     }
 }
 
+/// The most characters of an input value that an error or a log line quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `s` cut to [`QUOTE_CHARS`] characters for quoting in an error (a 1 MiB tag value is not
+/// printed whole), with the full length said when cut.
+pub fn truncate_value(s: &str) -> String {
+    let mut chars = s.char_indices();
+    match chars.nth(QUOTE_CHARS) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &s[..cut], s.len()),
+    }
+}
+
+/// serde's message with input values taken out or cut: a string in the wrong place can be a
+/// whole script or a password (`invalid type: string "…"` becomes `invalid type: a string`),
+/// and other quoted values are cut to [`QUOTE_CHARS`].
+fn scrub_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len().min(512));
+    let mut rest = m;
+    while let Some(start) = rest.find(['"', '`']) {
+        let q = rest.as_bytes()[start];
+        out.push_str(&rest[..start]);
+        let body_start = start + 1;
+        let bytes = rest.as_bytes();
+        let mut i = body_start;
+        while i < bytes.len() && bytes[i] != q {
+            i += if q == b'"' && bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        let end = i.min(bytes.len());
+        let body = &rest[body_start..end];
+        if q == b'"' && out.ends_with("string ") {
+            out.truncate(out.len() - "string ".len());
+            out.push_str("a string");
+        } else {
+            out.push(q as char);
+            out.push_str(&truncate_value(body));
+            out.push(q as char);
+        }
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
 fn syntax_error(source_name: &str, e: &serde_norway::Error) -> ConfigError {
     let location = match e.location() {
         Some(l) => format!(" line {}, column {}", l.line(), l.column()),
         None => String::new(),
     };
-    let raw = e.to_string();
+    let raw = scrub_message(&e.to_string());
     // serde_norway appends " at line L column C" to its message; the location is given once,
     // in front, where a user looks for it.
     let mut message = match raw.find(" at line ") {
@@ -298,7 +377,7 @@ impl Config {
         let invalid = |field: &str, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
             source_name: source.to_string(),
             field: field.to_string(),
-            value: value.to_string(),
+            value: truncate_value(value),
             problem: problem.to_string(),
             fix: fix.to_string(),
         };
@@ -514,6 +593,26 @@ mod tests {
             let l = Layer::from_tags(&tags);
             assert!(Config::merge([("tags", &l)]).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn quoted_values_are_cut_and_strings_not_quoted() {
+        let huge = "v".repeat(1 << 20);
+        let tags = [("berth:cluster".to_string(), huge)].into();
+        let e = Config::merge([("tags", &Layer::from_tags(&tags))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
+        assert!(e.contains("(1048576 bytes in all)"), "{e}");
+        let e = one("kubernetes: \"password: hunter2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("invalid type: a string"), "{e}");
+        let e = one(&format!("upgrade_failure: {}\n", "w".repeat(5000)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 600, "{e}");
     }
 
     #[test]

@@ -21,3 +21,4 @@ pub mod run;
 pub mod sources;
 pub mod state;
 pub mod status;
+pub mod userdata;

@@ -1,6 +1,6 @@
 //! The `berth-agent` command: `run`, `plan`, `status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,7 +10,7 @@ use berth_agent::host::dbus::{DbusAddresses, DbusHost};
 use berth_agent::host::record::RecordingHost;
 use berth_agent::host::Host;
 use berth_agent::run::{exit, Agent, Options, Outcome, RunError};
-use berth_agent::state::State;
+use berth_agent::state::{Current, LastRun, State};
 use berth_agent::{logging, notify, plan, poll, status};
 
 #[derive(Parser)]
@@ -146,28 +146,63 @@ fn spawn_interrupt(tx: tokio::sync::watch::Sender<bool>) {
 }
 
 fn status_cmd(root: PathBuf, format: Format) -> ExitCode {
-    match State::load_current(&root) {
-        Ok(Some(s)) => {
-            match format {
-                Format::Json => {
-                    println!("{}", serde_json::to_string_pretty(&s).expect("serializes"))
-                }
-                Format::Text => print!("{}", status::render_text(&s)),
-            }
-            ExitCode::SUCCESS
+    let state_dir = root.join("var/lib/berth");
+    let last_run = match LastRun::load(&root) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth-agent: {e}");
+            None
         }
-        Ok(None) => {
+    };
+    let state = match State::current(&root) {
+        Ok(Current::Found(s)) => Some(*s),
+        Ok(Current::None) if last_run.is_none() => {
             eprintln!(
                 "berth-agent: no state under {}: the agent has not run on this host yet",
-                root.join("var/lib/berth").display()
+                state_dir.display()
             );
-            ExitCode::from(exit::FAILURE as u8)
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+        Ok(Current::None) => None,
+        Ok(Current::Missing { instance_id, path }) => {
+            eprintln!(
+                "berth-agent: no state: {} names instance {instance_id}, but {} is missing (moved \
+                 aside or deleted); the next run starts that instance's first boot over, or put \
+                 the file back",
+                state_dir.join("current").display(),
+                path.display()
+            );
+            return ExitCode::from(exit::FAILURE as u8);
         }
         Err(e) => {
             eprintln!("berth-agent: {e}");
-            ExitCode::from(exit::FAILURE as u8)
+            return ExitCode::from(exit::FAILURE as u8);
         }
+    };
+    let read = |p: &str| {
+        std::fs::read_to_string(root.join(p))
+            .or_else(|_| std::fs::read_to_string(Path::new("/").join(p)))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let boot_id = read("proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let machine_id = std::fs::read_to_string(root.join("etc/machine-id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let here = status::Here {
+        boot_id: &boot_id,
+        machine_id: machine_id.as_deref(),
+    };
+    let report = status::Report::new(state, last_run, &here);
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializes")
+        ),
+        Format::Text => print!("{}", status::render_report(&report)),
     }
+    ExitCode::SUCCESS
 }
 
 async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
@@ -209,6 +244,10 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
     loop {
         let result = agent.converge(host).await;
         host.save_recorded(&root);
+        // Every run's end is recorded, success or failure, before the state or not.
+        if let Err(e) = agent.last_run(&result).save(&root) {
+            log::error!("recording the run's end: {e}");
+        }
         let (members, pages) = match &result {
             Ok(Outcome::Converged {
                 files_changed,

@@ -16,12 +16,14 @@ use crate::host::{Host, HostError, UnitOp, UpgradeOutcome};
 use crate::plan::{self, Plan, PlanError};
 use crate::profile::{Profile, ProfileError};
 use crate::sources::{Remote, SourceError, Sources, TagSource};
-use crate::state::{now_secs, Phase, State, StateError, UpgradeRecord};
+use crate::state::{now_secs, LastRun, Phase, State, StateError, UpgradeRecord};
+use crate::userdata::{self, UserDataError};
 
 /// Image defaults, then the host's own file, both below the tags and user-data.
 const IMAGE_CONFIG: &str = "/usr/share/berth/config.yaml";
 const HOST_CONFIG: &str = "/etc/berth/config.yaml";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+const MACHINE_ID: &str = "/etc/machine-id";
 /// How long to wait for systemd to confirm it read READY=1 before the reboot request. PID 1
 /// answers in microseconds; a bound is only for a manager that holds the descriptor.
 const NOTIFY_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -61,8 +63,8 @@ pub enum RunError {
          user-data (tags came from {0})"
     )]
     NoRole(&'static str),
-    #[error("user-data is not UTF-8 text; berth reads user-data as YAML: {0}")]
-    UserDataNotText(std::str::Utf8Error),
+    #[error(transparent)]
+    UserData(#[from] UserDataError),
     #[error(
         "this instance ({instance_id}) has no usable name: its Name tag is not an RFC 1123 host \
          name and neither is the first label of its private DNS name {dns:?}; set a Name tag \
@@ -96,7 +98,7 @@ impl RunError {
             | RunError::Profile(_)
             | RunError::ReadConfig { .. }
             | RunError::NoRole(_)
-            | RunError::UserDataNotText(_)
+            | RunError::UserData(_)
             | RunError::NoName { .. }
             | RunError::Template(_) => exit::BAD_INPUT,
             RunError::Source(_) => exit::REMOTE,
@@ -169,6 +171,12 @@ pub struct Agent {
     crash_at: Option<u32>,
     steps: u32,
     last_config: Option<Config>,
+    /// This instance's id, once IMDS said it.
+    instance_id: Option<String>,
+    /// The last run's notes on user-data and host files (see [`State::notes`]).
+    notes: Vec<String>,
+    /// The notes already logged by this process: the daemon logs a note once, not every poll.
+    logged_notes: BTreeSet<String>,
 }
 
 impl Agent {
@@ -185,7 +193,42 @@ impl Agent {
             crash_at,
             steps: 0,
             last_config: None,
+            instance_id: None,
+            notes: Vec::new(),
+            logged_notes: BTreeSet::new(),
         }
+    }
+
+    /// This instance's id, once a run got it from IMDS.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
+    }
+
+    /// The record of how a run ended, for `/var/lib/berth/last-run.json`.
+    pub fn last_run(&self, result: &Result<Outcome, RunError>) -> LastRun {
+        let (outcome, exit_code, error) = match result {
+            Ok(Outcome::Converged { .. }) => ("converged", exit::OK, None),
+            Ok(Outcome::Rebooting) => ("rebooting", exit::OK, None),
+            Err(e @ RunError::NotReady(_)) => ("waiting", e.exit_code(), Some(e.to_string())),
+            Err(e) => ("failed", e.exit_code(), Some(e.to_string())),
+        };
+        LastRun {
+            outcome: outcome.to_string(),
+            exit_code,
+            instance_id: self.instance_id.clone(),
+            error,
+            notes: self.notes.clone(),
+            boot_id: Some(self.boot_id()),
+            machine_id: self.machine_id(),
+            ..LastRun::default()
+        }
+    }
+
+    fn note(&mut self, note: String) {
+        if self.logged_notes.insert(note.clone()) {
+            log::warn!("{note}");
+        }
+        self.notes.push(note);
     }
 
     /// The configuration of the last run that got that far (the daemon's poll settings).
@@ -209,6 +252,7 @@ impl Agent {
     /// Sources, config and profile: everything that can be wrong with the input, checked before
     /// anything is written.
     async fn inputs(&mut self) -> Result<(Sources, Config, Profile, Role), RunError> {
+        self.notes.clear();
         let root = self.opts.root.clone();
         let mut layers: Vec<(String, Layer)> = Vec::new();
         for p in [IMAGE_CONFIG, HOST_CONFIG] {
@@ -225,14 +269,18 @@ impl Agent {
         self.remote
             .configure_ec2_endpoint(files.ec2_endpoint.as_deref());
         let sources = self.remote.sources().await?;
+        self.instance_id = Some(sources.identity.instance_id.clone());
         let tag_source = match sources.tag_source {
             TagSource::Imds => "instance tags (IMDS)",
             TagSource::DescribeTags => "instance tags (DescribeTags)",
         };
         layers.push((tag_source.to_string(), Layer::from_tags(&sources.tags)));
         if let Some(ud) = &sources.user_data {
-            let text = std::str::from_utf8(ud).map_err(RunError::UserDataNotText)?;
-            layers.push(("user-data".to_string(), Layer::parse("user-data", text)?));
+            let read = userdata::read(ud)?;
+            for n in read.notes {
+                self.note(n);
+            }
+            layers.extend(read.layers);
         }
         let config = Config::merge(layers.iter().map(|(n, l)| (n.as_str(), l)))?;
         self.remote
@@ -270,7 +318,7 @@ impl Agent {
             .cloned()
             .ok_or_else(|| RunError::NoName {
                 instance_id: sources.identity.instance_id.clone(),
-                dns: sources.identity.private_dns_name.clone(),
+                dns: crate::config::truncate_value(&sources.identity.private_dns_name),
             })?;
         Ok(Context {
             instances_seen: instances.len(),
@@ -291,9 +339,24 @@ impl Agent {
             .unwrap_or_else(|_| "unknown".to_string())
     }
 
-    fn read_plan(&self, ctx: &Context, state: &State) -> Result<Plan, RunError> {
+    fn machine_id(&self) -> Option<String> {
+        std::fs::read_to_string(host_path(self.root(), MACHINE_ID))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn read_plan(&mut self, ctx: &Context, state: &State) -> Result<Plan, RunError> {
         let paths = plan::paths_of_interest(&ctx.profile, ctx.node.role);
         let current = apply::read_host_files(self.root(), &paths)?;
+        if ctx.config.manage_hosts {
+            if let Some(h) = current.get(plan::HOSTS_PATH) {
+                let text = String::from_utf8_lossy(&h.content);
+                for n in crate::hosts::conflicts(&text, &ctx.membership.nodes) {
+                    self.note(n);
+                }
+            }
+        }
         let inputs = plan::Inputs {
             node: &ctx.node,
             config: &ctx.config,
@@ -320,7 +383,7 @@ impl Agent {
             condition: ctx.membership.condition().to_string(),
             upgrade,
             membership: ctx.membership.nodes.clone(),
-            notes: ctx.membership.notes.clone(),
+            notes: Vec::new(),
             files: Vec::new(),
             reload: false,
             units: Vec::new(),
@@ -334,6 +397,8 @@ impl Agent {
             Err(RunError::NotReady(_)) => {}
             Err(e) => return Err(e),
         }
+        report.notes = ctx.membership.notes.clone();
+        report.notes.extend(self.notes.iter().cloned());
         Ok(report)
     }
 
@@ -347,6 +412,12 @@ impl Agent {
         state.cluster = config.cluster.clone();
 
         let boot_id = self.boot_id();
+        // The boot and machine the state is written in: how `status` tells this node's state
+        // from a baked or cloned disk's.
+        let identity_changed = state.boot_id.as_deref() != Some(boot_id.as_str())
+            || state.machine_id != self.machine_id();
+        state.boot_id = Some(boot_id.clone());
+        state.machine_id = self.machine_id();
         if self
             .upgrade_step(host, &mut state, &config, &boot_id)
             .await?
@@ -363,7 +434,10 @@ impl Agent {
             }
         };
         state.node = Some(ctx.node.name.clone());
-        let plan = match self.read_plan(&ctx, &state) {
+        let plan = self.read_plan(&ctx, &state);
+        let notes_changed = state.notes != self.notes;
+        state.notes = self.notes.clone();
+        let plan = match plan {
             Ok(p) => p,
             Err(RunError::NotReady(c)) => {
                 log::warn!("{c}");
@@ -378,7 +452,16 @@ impl Agent {
                 return Err(e);
             }
         };
-        match self.apply(host, &mut state, &ctx, &plan).await {
+        match self
+            .apply(
+                host,
+                &mut state,
+                &ctx,
+                &plan,
+                identity_changed || notes_changed,
+            )
+            .await
+        {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
                 record_failure(&root, &mut state, &e);
@@ -393,10 +476,13 @@ impl Agent {
         state: &mut State,
         ctx: &Context,
         plan: &Plan,
+        // The boot, machine or notes differ from the saved state's.
+        record_changed: bool,
     ) -> Result<Outcome, RunError> {
         let root = self.opts.root.clone();
         let restarts = plan.restarts();
-        let changed_before = state.membership.as_ref() != Some(&ctx.membership)
+        let changed_before = record_changed
+            || state.membership.as_ref() != Some(&ctx.membership)
             || state.phase != Phase::Converged
             || plan.changed_files().next().is_some()
             || !restarts.is_empty();
@@ -410,6 +496,18 @@ impl Agent {
         if changed_before {
             state.save(&root)?;
         }
+
+        // Temporary files of a run killed between write and rename, in every directory berth
+        // writes to: the plan's and the state's.
+        let mut dirs: Vec<PathBuf> = plan
+            .files
+            .iter()
+            .filter_map(|f| host_path(&root, &f.path).parent().map(Path::to_path_buf))
+            .collect();
+        let state_dir = host_path(&root, crate::state::STATE_DIR);
+        dirs.push(state_dir.join(&state.instance_id));
+        dirs.push(state_dir);
+        apply::remove_stale_temps(dirs.iter().map(PathBuf::as_path));
 
         let mut written = Vec::new();
         apply::apply_files(&root, plan, |p| written.push(p.to_string()))?;

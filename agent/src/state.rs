@@ -4,6 +4,13 @@
 //! looks "already done" to the new instance: a new id starts from an empty state and does its
 //! first boot (upgrade included). `/var/lib/berth/current` names the instance that wrote last, for
 //! `berth-agent status`, which must work without IMDS.
+//!
+//! Each state records the boot (`/proc/sys/kernel/random/boot_id`) and the machine
+//! (`/etc/machine-id`) it was written in: `status` reads no IMDS, so this is how it tells the
+//! state of this node from the state of the instance a disk was baked or cloned from (a new
+//! instance is always a new boot). `/var/lib/berth/last-run.json` records how the last run ended,
+//! written on every run's end, success or failure, so that a run that fails before this
+//! instance's first state (no role, IMDS unreachable, an IPv6-only subnet) still shows in `status`.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -72,6 +79,101 @@ pub struct State {
     pub recorded_actions: Vec<Recorded>,
     pub runs: u64,
     pub updated_at: u64,
+    /// What the last run left to other tools or found in the host's files: user-data that is
+    /// not berth's, `/etc/hosts` lines that named cluster nodes. Never input content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The boot in which this state was last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The machine-id of the host that last wrote this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+}
+
+/// How the last `run` ended: `/var/lib/berth/last-run.json`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LastRun {
+    pub format: u32,
+    /// converged, rebooting, waiting (cluster not ready) or failed.
+    pub outcome: String,
+    /// The exit code `run --once` gave (README, "Exit codes").
+    pub exit_code: i32,
+    /// The instance the run was for, when IMDS said (an IPv6-only subnet's error carries it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Why the run failed: the error as the log printed it (never input content or credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// Seconds since the epoch at which the run ended with this outcome first: a daemon that
+    /// converges every poll rewrites the file only when the outcome changes.
+    pub since: u64,
+}
+
+impl LastRun {
+    fn path(root: &Path) -> PathBuf {
+        host_path(root, STATE_DIR).join("last-run.json")
+    }
+
+    pub fn load(root: &Path) -> Result<Option<LastRun>, StateError> {
+        let path = LastRun::path(root);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Read { path, source }),
+        }
+    }
+
+    /// Writes the record atomically, unless the one on disk says the same (then its `since`
+    /// stays).
+    pub fn save(&mut self, root: &Path) -> Result<(), StateError> {
+        self.format = FORMAT;
+        if let Ok(Some(old)) = LastRun::load(root) {
+            let same = LastRun {
+                since: 0,
+                ..old.clone()
+            } == LastRun {
+                since: 0,
+                ..self.clone()
+            };
+            if same {
+                self.since = old.since;
+                return Ok(());
+            }
+        }
+        if self.since == 0 {
+            self.since = now_secs();
+        }
+        let json = serde_json::to_vec_pretty(self).expect("last run serializes");
+        write_atomic(&LastRun::path(root), &json, 0o644)?;
+        Ok(())
+    }
+}
+
+/// Why `status` has no state to show.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Current {
+    /// No `current` pointer: no run got as far as writing a state.
+    None,
+    /// `current` names an instance whose `state.json` is gone (moved aside, deleted).
+    Missing {
+        instance_id: String,
+        path: PathBuf,
+    },
+    Found(Box<State>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +235,30 @@ impl State {
         }
     }
 
+    /// The state of the instance that last ran on this disk, for `status`: unlike
+    /// [`State::load`], a missing `state.json` is reported, not replaced by a new state.
+    pub fn current(root: &Path) -> Result<Current, StateError> {
+        let pointer = host_path(root, STATE_DIR).join("current");
+        let id = match std::fs::read_to_string(&pointer) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Current::None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: pointer,
+                    source,
+                })
+            }
+        };
+        let path = dir_for(root, &id)?.join("state.json");
+        if !path.exists() {
+            return Ok(Current::Missing {
+                instance_id: id,
+                path,
+            });
+        }
+        State::load(root, &id).map(|s| Current::Found(Box::new(s)))
+    }
+
     /// The state of the instance that last ran on this disk, for `status`.
     pub fn load_current(root: &Path) -> Result<Option<State>, StateError> {
         let pointer = host_path(root, STATE_DIR).join("current");
@@ -182,6 +308,53 @@ mod tests {
         assert_eq!(State::load_current(d.path()).unwrap().unwrap(), s);
         // A clone of this disk in another instance starts over.
         assert_eq!(State::load(d.path(), "i-0def").unwrap().phase, Phase::New);
+    }
+
+    #[test]
+    fn a_missing_state_file_is_not_a_new_state() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(State::current(d.path()).unwrap(), Current::None);
+        let mut s = State::load(d.path(), "i-0abc").unwrap();
+        s.save(d.path()).unwrap();
+        assert!(matches!(
+            State::current(d.path()).unwrap(),
+            Current::Found(_)
+        ));
+        let file = d.path().join("var/lib/berth/i-0abc/state.json");
+        std::fs::rename(&file, file.with_extension("old")).unwrap();
+        assert!(matches!(
+            State::current(d.path()).unwrap(),
+            Current::Missing { instance_id, .. } if instance_id == "i-0abc"
+        ));
+    }
+
+    #[test]
+    fn last_run_keeps_its_since_while_the_outcome_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = LastRun {
+            outcome: "failed".into(),
+            exit_code: 4,
+            error: Some("IMDS unreachable".into()),
+            since: 5,
+            ..LastRun::default()
+        };
+        r.save(d.path()).unwrap();
+        let mut again = LastRun {
+            since: 0,
+            ..r.clone()
+        };
+        again.save(d.path()).unwrap();
+        assert_eq!(again.since, 5);
+        let mut other = LastRun {
+            outcome: "converged".into(),
+            exit_code: 0,
+            error: None,
+            since: 0,
+            ..r
+        };
+        other.save(d.path()).unwrap();
+        assert_eq!(LastRun::load(d.path()).unwrap().unwrap(), other);
+        assert!(other.since > 5);
     }
 
     #[test]

@@ -182,6 +182,10 @@ pub struct InstanceSpec {
     /// RunInstances call do; by default each instance has its own.
     #[serde(default)]
     pub reservation: Option<String>,
+    /// User-data as raw bytes, base64-encoded (as RunInstances takes it): gzip'd or binary
+    /// user-data that `user_data` (text) cannot hold. At most one of the two.
+    #[serde(default)]
+    pub user_data_base64: Option<String>,
 }
 
 impl InstanceSpec {
@@ -388,7 +392,31 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
 }
 
 impl InstanceSpec {
+    /// The user-data IMDS serves: `user_data_base64` decoded, else `user_data`'s bytes.
+    pub fn user_data_bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        match &self.user_data_base64 {
+            Some(b) => base64::engine::general_purpose::STANDARD.decode(b).ok(),
+            None => self.user_data.as_ref().map(|s| s.clone().into_bytes()),
+        }
+    }
+
     pub(crate) fn validate(&self, at: &str, groups: &BTreeSet<&str>) -> Result<(), SpecError> {
+        if let Some(b) = &self.user_data_base64 {
+            use base64::Engine;
+            if self.user_data.is_some() {
+                return Err(invalid(
+                    format!("{at}.user_data_base64"),
+                    "give user_data or user_data_base64, not both",
+                ));
+            }
+            if base64::engine::general_purpose::STANDARD.decode(b).is_err() {
+                return Err(invalid(
+                    format!("{at}.user_data_base64"),
+                    "is not standard base64",
+                ));
+            }
+        }
         if self.name.is_empty() || self.name.len() > 256 {
             return Err(invalid(format!("{at}.name"), "must be 1 to 256 characters"));
         }

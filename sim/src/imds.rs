@@ -34,6 +34,8 @@ pub(crate) struct Imds {
 enum Node {
     Dir(Vec<String>),
     Leaf(String),
+    /// User-data, which may be binary (gzip).
+    Bytes(Vec<u8>),
 }
 
 impl Imds {
@@ -118,6 +120,7 @@ impl Imds {
         match node {
             Some(Node::Dir(entries)) => Response::text(200, entries.join("\n")),
             Some(Node::Leaf(body)) => Response::text(200, body),
+            Some(Node::Bytes(body)) => Response::new(200, "application/octet-stream", body),
             None => error_page(404),
         }
     }
@@ -159,7 +162,6 @@ impl Imds {
 
     fn lookup(&self, inst: &Instance, launch_index: usize, path: &[&str]) -> Option<Node> {
         let r = &self.region;
-        let leaf = |s: &str| Some(Node::Leaf(s.to_string()));
         let dir = |v: &[&str]| Some(Node::Dir(v.iter().map(|s| s.to_string()).collect()));
         match path {
             [] => {
@@ -169,7 +171,7 @@ impl Imds {
                 }
                 dir(&v)
             }
-            ["user-data"] => inst.user_data.as_deref().and_then(leaf),
+            ["user-data"] => inst.user_data.clone().map(Node::Bytes),
             ["dynamic"] => dir(&["instance-identity/"]),
             ["dynamic", "instance-identity"] => dir(&["document"]),
             ["dynamic", "instance-identity", "document"] => {

@@ -62,7 +62,8 @@ pub(crate) struct Instance {
     /// While `pending` after a launch: when it becomes `running`.
     running_at: Option<Instant>,
     pub launch_time: SystemTime,
-    pub user_data: Option<String>,
+    /// What IMDS serves at `user-data`, raw (`InstanceSpec::user_data_bytes`).
+    pub user_data: Option<Vec<u8>>,
     pub imds_tags: bool,
     pub iam_role: Option<String>,
     explicit_credentials: Option<CredentialsSpec>,
@@ -278,7 +279,7 @@ impl Region {
             state,
             running_at,
             launch_time: SystemTime::now(),
-            user_data: spec.user_data.clone(),
+            user_data: spec.user_data_bytes(),
             imds_tags: spec.imds_tags,
             iam_role: spec.iam_role.clone(),
             explicit_credentials: spec.credentials.clone(),

@@ -41,6 +41,7 @@ dpkg-query -W -f='qemu-utils ${Version}\n' qemu-utils
 
 /// Per setup script, what its suite runs, checked after the installing parts ran.
 const CHECKS: &[(&str, &str)] = &[
+    ("agent.sh", "strace -V && unshare --version && command -v getent"),
     ("dbus.sh", "dbus-daemon --version"),
     ("etcd.sh", "etcd --version && ip -V && curl --version"),
     (

@@ -441,7 +441,7 @@ impl Ec2Client {
                 return Err(Ec2Error::Paging {
                     action: action.into(),
                     pages,
-                    reason: "more pages than berth reads in one call (MAX_PAGES)",
+                    reason: "past berth's bound of 200 pages per call (MAX_PAGES)",
                 });
             }
             let mut page_params = params.clone();

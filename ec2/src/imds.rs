@@ -460,7 +460,7 @@ impl ImdsClient {
             };
         let mut tags = BTreeMap::new();
         for key in wanted {
-            let is_listed = listed.as_ref().is_none_or(|listing| {
+            let is_listed = listed.as_ref().map_or(true, |listing| {
                 listing
                     .split(|b| *b == b'\n')
                     .any(|line| line.trim_ascii() == key.as_bytes())

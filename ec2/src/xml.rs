@@ -446,7 +446,7 @@ pub fn parse_describe_instances_bounded(
                     let value = std::mem::take(&mut draft.tag_value);
                     if bounds
                         .tag_keys
-                        .is_none_or(|keep| keep.contains(&key.as_str()))
+                        .map_or(true, |keep| keep.contains(&key.as_str()))
                     {
                         draft.tags.insert(key, value);
                     }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod agent_host;
 pub mod dbus;
+pub mod hostile;
 pub mod moto;
 pub mod nspawn;
 pub mod qemu;

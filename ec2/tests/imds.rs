@@ -889,3 +889,61 @@ fn default_endpoints_are_ipv4_then_ipv6() {
         ["http://169.254.169.254/", "http://[fd00:ec2::254]/"]
     );
 }
+
+/// A token PUT that IMDS reads and never answers (the PUT response hop limit dropped it) is
+/// reported as that, naming the hop limit and the command that raises it.
+#[tokio::test]
+async fn an_unanswered_token_put_names_the_hop_limit() {
+    let server = Server::start(|req: &Recorded| {
+        if req.method == "PUT" {
+            Reply::Stall(Duration::from_secs(30))
+        } else {
+            Reply::status(401, "")
+        }
+    })
+    .await;
+    let policy = RetryPolicy {
+        per_try_timeout: Duration::from_millis(1500),
+        max_attempts: u32::MAX,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        deadline: Duration::from_secs(4),
+    };
+    let client = ImdsClient::new(vec![server.url()], policy);
+    let err = client.get("meta-data/instance-id").await.unwrap_err();
+    assert!(matches!(err, ImdsError::TokenUnanswered { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("hop limit"), "{text}");
+    assert!(
+        text.contains("modify-instance-metadata-options")
+            && text.contains("--http-put-response-hop-limit 2"),
+        "{text}"
+    );
+}
+
+/// IMDS never redirects: a 302 is an error, and the host it names receives nothing (the
+/// request would carry the session token).
+#[tokio::test]
+async fn imds_redirects_are_not_followed() {
+    let capture = Server::start(|_| Reply::ok("")).await;
+    let location = format!("{}latest/meta-data/instance-id", capture.url());
+    let fake = FakeImds::with_items(&[]);
+    let inner = fake.clone();
+    let server = Server::start(move |req: &Recorded| {
+        if req.method == "GET" {
+            Reply::status(302, "").with_header("location", &location)
+        } else {
+            inner.handle(req)
+        }
+    })
+    .await;
+    let err = client(&server)
+        .get("meta-data/instance-id")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImdsError::Redirect { status: 302, .. }),
+        "{err:?}"
+    );
+    assert!(capture.requests().is_empty());
+}

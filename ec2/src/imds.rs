@@ -610,8 +610,7 @@ impl ImdsClient {
             path: path.into(),
             value: RemoteText::new(value),
             reason,
-            fix: "berth needs this item as AWS documents it; check what answers at the IMDS \
-                  address",
+            fix: fix_for(path),
         })?;
         Ok(value.to_string())
     }
@@ -818,6 +817,16 @@ impl ImdsClient {
             value: Secret(value),
             refresh_at: started + granted - early,
         })
+    }
+}
+
+/// What to do about an unusable identity item.
+fn fix_for(path: &str) -> &'static str {
+    if path.ends_with("local-hostname") {
+        "the VPC's DHCP options must give instances a DNS host name (set `domain-name` to a \
+         valid domain, e.g. ec2.internal, and enable DNS hostnames on the VPC)"
+    } else {
+        "berth needs this item as AWS documents it; check what answers at the IMDS address"
     }
 }
 

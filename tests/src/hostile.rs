@@ -430,7 +430,10 @@ pub fn run_agent(args: &[&str], root: &Path, imds: &str, ec2: &str, limit: Durat
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
     let rss_path = dir.path().join("rss");
-    let agent = crate::agent::bin("berth-agent");
+    // Another build of the agent (e.g. an older one, to compare) can be measured the same way.
+    let agent = std::env::var_os("BERTH_AGENT_UNDER_TEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::agent::bin("berth-agent"));
     let started = Instant::now();
     let status = Command::new(rss_helper())
         .arg(&rss_path)

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use berth_ec2::ImdsError;
 use url::Url;
 
 use crate::apply::{self, host_path, FileError};
@@ -101,6 +102,7 @@ impl RunError {
             | RunError::UserData(_)
             | RunError::NoName { .. }
             | RunError::Template(_) => exit::BAD_INPUT,
+            RunError::Source(e) if e.is_bad_input() => exit::BAD_INPUT,
             RunError::Source(_) => exit::REMOTE,
             RunError::State(_) | RunError::File(_) | RunError::Host(_) => exit::HOST,
             RunError::UpgradeBlocked(_) => exit::HOST,
@@ -215,7 +217,14 @@ impl Agent {
         LastRun {
             outcome: outcome.to_string(),
             exit_code,
-            instance_id: self.instance_id.clone(),
+            // An IPv6-only subnet stops the run before the identity is known, but IMDS named
+            // the instance: the record says which one it was.
+            instance_id: self.instance_id.clone().or_else(|| match result {
+                Err(RunError::Source(SourceError::Imds(ImdsError::Ipv6Only { instance_id }))) => {
+                    Some(instance_id.clone())
+                }
+                _ => None,
+            }),
             error,
             notes: self.notes.clone(),
             boot_id: Some(self.boot_id()),

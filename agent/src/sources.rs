@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_ec2::imds::BERTH_TAG_KEYS;
 use berth_ec2::{
     Credentials, Ec2Client, Ec2Error, Filter, Identity, ImdsClient, ImdsError, Instance,
     RetryPolicy,
@@ -21,6 +22,15 @@ pub enum SourceError {
          attach an instance profile allowing ec2:DescribeInstances{0}"
     )]
     NoRole(&'static str),
+}
+
+impl SourceError {
+    /// True when IMDS answered with a value berth needs and cannot use (an IPv6-only subnet, a
+    /// host name that is none, an over-long tag): the instance's configuration is at fault, not
+    /// IMDS, and retrying will not help. The message names the item and the fix.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, SourceError::Imds(e) if e.is_invalid_metadata())
+    }
 }
 
 /// Where the tags came from.
@@ -110,10 +120,14 @@ impl Remote {
     pub async fn sources(&mut self) -> Result<Sources, SourceError> {
         let identity = self.imds.identity().await?;
         let user_data = self.imds.user_data().await?;
-        let (tags, tag_source) = match self.imds.tags().await? {
+        let (tags, tag_source) = match self.imds.tags(&BERTH_TAG_KEYS).await? {
             Some(tags) => (tags, TagSource::Imds),
             None => {
-                let filters = [Filter::new("resource-id", [identity.instance_id.clone()])];
+                // Only the tags berth reads: whatever else the instance carries costs nothing.
+                let filters = [
+                    Filter::new("resource-id", [identity.instance_id.clone()]),
+                    Filter::new("key", BERTH_TAG_KEYS),
+                ];
                 let described = self
                     .with_credentials(
                         &identity.region,
@@ -125,7 +139,10 @@ impl Remote {
                     .await?;
                 let tags = described
                     .into_iter()
-                    .filter(|t| t.resource_id == identity.instance_id)
+                    .filter(|t| {
+                        t.resource_id == identity.instance_id
+                            && BERTH_TAG_KEYS.contains(&t.key.as_str())
+                    })
                     .map(|t| (t.key, t.value))
                     .collect();
                 (tags, TagSource::DescribeTags)

@@ -7,28 +7,65 @@
 //! (`AuthFailure`, `UnauthorizedOperation`, `InvalidParameterValue`, ...) are returned at once.
 //! When EC2 says the credentials expired, [`Ec2Error::is_expired_credentials`] tells the caller
 //! to refresh them and try once more: the client never fetches credentials itself.
+//!
+//! Clock skew: EC2 refuses a signature dated more than 15 minutes from its own clock
+//! (`RequestExpired`). When it does, and its `Date` header shows that the node's clock is off
+//! by more than [`SKEW_THRESHOLD`], the client signs from then on with EC2's time (the offset
+//! it measured) and tries again at once, as the AWS SDKs do, and logs the offset.
+//!
+//! Requests go through the one [`Transport`]: no redirect is followed, so neither the session
+//! token nor a signed request ever reaches the host a `Location` names. Text from an error
+//! document is a [`RemoteText`]: scrubbed of every secret the process holds, and bounded.
+//!
+//! Bounds, each checked before the work it would cost (the constants below say why):
+//! [`DESCRIBE_RESPONSE_MAX_BYTES`] per response, [`MAX_RESULTS`] instances per page,
+//! [`MAX_INSTANCES_PER_CALL`] instances per paged call, [`MAX_PAGES`] pages per paged call;
+//! an error document is read up to [`crate::transport::ERROR_BODY_MAX_BYTES`].
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use url::Url;
 
-use crate::body::{read_capped, BodyError};
+use crate::imds::BERTH_TAG_KEYS;
 use crate::model::{Credentials, Filter, Instance, TagDescription};
-use crate::retry::{self, Attempt, GaveUp, RetryPolicy, Stop, Verdict};
+use crate::redact::{self, RemoteText};
+use crate::retry::{self, Attempt, GaveUp, Operation, RetryPolicy, Stop, Verdict};
 use crate::sign::{self, SignError};
-use crate::xml::{self, XmlError};
+use crate::transport::{classify, Class, Failure, Transport, TransportConfig};
+use crate::xml::{self, InstanceBounds, XmlError};
 
 /// The Query API version berth speaks; its response shapes are the ones in [`crate::xml`].
 pub const EC2_API_VERSION: &str = "2016-11-15";
-/// The largest page EC2 serves: fewest round trips, least chance of being throttled.
-const MAX_RESULTS: &str = "1000";
-/// With 1000 results a page, this many pages is a million instances, beyond any account's
-/// quota: a server still paging by then is broken, and berth stops rather than loop.
-const MAX_PAGES: u32 = 1000;
-/// A full DescribeInstances page is a few MB; 64 MiB bounds memory against a broken server.
-const MAX_RESPONSE: usize = 64 << 20;
+/// The largest page EC2 serves: fewest round trips, least chance of being throttled. EC2 never
+/// returns more than asked, so a page with more instances is refused while it is parsed.
+pub const MAX_RESULTS: usize = 1000;
+/// Instances one paged DescribeInstances may return in all. berth's polling rule is sized for
+/// clusters up to 5000 nodes (README, "Polling rule"); 6000 leaves a fifth more, and keeps the
+/// agent within 20 MiB RSS with every node's membership and files in memory (about 1.6 MiB
+/// per 1000 instances, measured with the release binary).
+pub const MAX_INSTANCES_PER_CALL: usize = 6_000;
+/// Pages one paged call may take. EC2 may answer short or empty pages while filtering, so this
+/// is looser than `MAX_INSTANCES_PER_CALL / MAX_RESULTS`; together with the operation's
+/// deadline it stops a server that pages forever.
+pub const MAX_PAGES: u32 = 200;
+/// One response. A real page of 1000 instances is 3 to 6 MB of XML (about 2.5 KB to 6 KB an
+/// instance, with its network interface and tags); 8 MiB keeps headroom while bounding what a
+/// broken server makes the agent buffer.
+pub const DESCRIBE_RESPONSE_MAX_BYTES: usize = 8 << 20;
+/// When EC2 refuses a request's time and its `Date` is further than this from ours, the node's
+/// clock is wrong rather than the request late. The AWS SDKs use 4 minutes.
+pub const SKEW_THRESHOLD: Duration = Duration::from_secs(4 * 60);
+/// Codes EC2 answers to a request whose signature time is too far from its clock.
+const SKEW_CODES: &[&str] = &[
+    "RequestExpired",
+    "RequestTimeTooSkewed",
+    "RequestInTheFuture",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+];
 const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 /// Error codes EC2 uses for "slow down" or "try again"; all are retried.
@@ -67,22 +104,42 @@ const MAYBE_EXPIRED_CODES: &[&str] = &[
 ];
 
 /// Why an EC2 call failed: the action, and, when EC2 answered, the HTTP status, the AWS error
-/// code and message. Never carries a secret key or a session token.
+/// code and message. Never carries a secret key or a session token: what EC2 wrote is a
+/// [`RemoteText`].
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2Error {
     #[error("EC2 {action} failed: {code} (HTTP {status}): {message}{}", request_id_suffix(.request_id))]
     Api {
         action: String,
         status: u16,
-        code: String,
-        message: String,
-        request_id: Option<String>,
+        code: RemoteText,
+        message: RemoteText,
+        request_id: Option<RemoteText>,
     },
     #[error("EC2 {action}: {url} answered HTTP {status} without an EC2 error document")]
     Http {
         action: String,
         url: String,
         status: u16,
+    },
+    #[error(
+        "EC2 {action}: {url} answered HTTP {status}, a redirect: EC2 never redirects, so berth \
+         follows none and sent neither its session token nor a signed request to another host; \
+         check the EC2 endpoint (`ec2_endpoint`, `--ec2-endpoint`) and any proxy"
+    )]
+    Redirect {
+        action: String,
+        url: String,
+        status: u16,
+    },
+    #[error(
+        "EC2 {action}: {what} exceeds berth's bound of {limit} ({why}); the answer was not used"
+    )]
+    Bound {
+        action: String,
+        what: &'static str,
+        limit: usize,
+        why: &'static str,
     },
     #[error("EC2 {action}: cannot connect to {url}: {source}")]
     Connect {
@@ -98,11 +155,11 @@ pub enum Ec2Error {
         #[source]
         source: reqwest::Error,
     },
-    #[error("EC2 {action}: request to {url} timed out after {after:?}")]
+    #[error("EC2 {action}: request to {url}: {failure}")]
     Timeout {
         action: String,
         url: String,
-        after: Duration,
+        failure: Failure,
     },
     #[error("EC2 {action}: response from {url} larger than {limit} bytes")]
     TooLarge {
@@ -147,7 +204,7 @@ pub enum Ec2Error {
     },
 }
 
-fn request_id_suffix(request_id: &Option<String>) -> String {
+fn request_id_suffix(request_id: &Option<RemoteText>) -> String {
     request_id
         .as_ref()
         .map(|id| format!(" (request id {id})"))
@@ -160,6 +217,8 @@ impl Ec2Error {
         match self {
             Ec2Error::Api { action, .. }
             | Ec2Error::Http { action, .. }
+            | Ec2Error::Redirect { action, .. }
+            | Ec2Error::Bound { action, .. }
             | Ec2Error::Connect { action, .. }
             | Ec2Error::Transport { action, .. }
             | Ec2Error::Timeout { action, .. }
@@ -176,7 +235,9 @@ impl Ec2Error {
     /// The HTTP status of the (last) response, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Ec2Error::Api { status, .. } | Ec2Error::Http { status, .. } => Some(*status),
+            Ec2Error::Api { status, .. }
+            | Ec2Error::Http { status, .. }
+            | Ec2Error::Redirect { status, .. } => Some(*status),
             Ec2Error::GaveUp { last, .. } => last.status(),
             _ => None,
         }
@@ -185,7 +246,7 @@ impl Ec2Error {
     /// The AWS error code (`AuthFailure`, `RequestLimitExceeded`, ...), when EC2 sent one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            Ec2Error::Api { code, .. } => Some(code),
+            Ec2Error::Api { code, .. } => Some(code.as_str()),
             Ec2Error::GaveUp { last, .. } => last.code(),
             _ => None,
         }
@@ -194,7 +255,7 @@ impl Ec2Error {
     /// The AWS error message, when EC2 sent one.
     pub fn message(&self) -> Option<&str> {
         match self {
-            Ec2Error::Api { message, .. } => Some(message),
+            Ec2Error::Api { message, .. } => Some(message.as_str()),
             Ec2Error::GaveUp { last, .. } => last.message(),
             _ => None,
         }
@@ -244,24 +305,24 @@ pub struct Ec2Client {
     endpoint: Url,
     region: String,
     policy: RetryPolicy,
-    http: reqwest::Client,
+    transport: Transport,
     attempts: AtomicU64,
+    /// EC2's clock minus ours, in milliseconds, as last measured from a `Date` header when EC2
+    /// refused a request's time (0 until then). Added to the signing time.
+    skew_ms: AtomicI64,
 }
 
 impl Ec2Client {
     /// A client sending to `endpoint` (production: [`Ec2Client::default_endpoint`]) and signing
     /// for `region`.
     pub fn new(endpoint: Url, region: String, policy: RetryPolicy) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a reqwest client with a static configuration builds");
         Ec2Client {
             endpoint,
             region,
             policy,
-            http,
+            transport: Transport::new(TransportConfig::ec2()),
             attempts: AtomicU64::new(0),
+            skew_ms: AtomicI64::new(0),
         }
     }
 
@@ -284,6 +345,28 @@ impl Ec2Client {
         self.attempts.load(Ordering::Relaxed)
     }
 
+    /// EC2's clock minus this host's, as measured when EC2 refused a request's time; zero
+    /// until then. Positive: the host's clock is behind.
+    pub fn clock_skew(&self) -> Duration {
+        Duration::from_millis(self.skew_ms.load(Ordering::Relaxed).unsigned_abs())
+    }
+
+    /// The skew in signed milliseconds (EC2 minus this host).
+    pub fn clock_skew_ms(&self) -> i64 {
+        self.skew_ms.load(Ordering::Relaxed)
+    }
+
+    fn signing_time(&self) -> SystemTime {
+        let skew = self.skew_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        let offset = Duration::from_millis(skew.unsigned_abs());
+        if skew >= 0 {
+            now + offset
+        } else {
+            now - offset
+        }
+    }
+
     /// Every instance matching `filters`, all pages followed.
     pub async fn describe_instances(
         &self,
@@ -294,6 +377,12 @@ impl Ec2Client {
     }
 
     /// As [`describe_instances`](Self::describe_instances), also saying how many pages it took.
+    ///
+    /// One operation: the policy's deadline bounds all pages together. Only the tags berth
+    /// reads ([`BERTH_TAG_KEYS`]) are kept of each instance. At most [`MAX_RESULTS`] instances a
+    /// page, [`MAX_INSTANCES_PER_CALL`] in all and [`MAX_PAGES`] pages, each response at most
+    /// [`DESCRIBE_RESPONSE_MAX_BYTES`]: past any of them the call fails with
+    /// [`Ec2Error::Bound`] or [`Ec2Error::Paging`] naming it.
     pub async fn describe_instances_pages(
         &self,
         creds: &Credentials,
@@ -301,9 +390,13 @@ impl Ec2Client {
     ) -> Result<Paged<Instance>, Ec2Error> {
         let action = "DescribeInstances";
         let mut params = filter_params(action, filters)?;
-        params.push(("MaxResults".into(), MAX_RESULTS.into()));
+        params.push(("MaxResults".into(), MAX_RESULTS.to_string()));
+        let bounds = InstanceBounds {
+            max_instances: MAX_RESULTS,
+            tag_keys: Some(&BERTH_TAG_KEYS),
+        };
         self.paginate(action, creds, params, |xml| {
-            xml::parse_describe_instances(xml).map(|p| (p.instances, p.next_token))
+            xml::parse_describe_instances_bounded(xml, &bounds).map(|p| (p.instances, p.next_token))
         })
         .await
     }
@@ -325,7 +418,7 @@ impl Ec2Client {
     ) -> Result<Paged<TagDescription>, Ec2Error> {
         let action = "DescribeTags";
         let mut params = filter_params(action, filters)?;
-        params.push(("MaxResults".into(), MAX_RESULTS.into()));
+        params.push(("MaxResults".into(), MAX_RESULTS.to_string()));
         self.paginate(action, creds, params, |xml| {
             xml::parse_describe_tags(xml).map(|p| (p.tags, p.next_token))
         })
@@ -339,6 +432,7 @@ impl Ec2Client {
         params: Vec<(String, String)>,
         parse: impl Fn(&str) -> Result<(Vec<T>, Option<String>), XmlError>,
     ) -> Result<Paged<T>, Ec2Error> {
+        let op = Operation::new(&self.policy);
         let mut items = Vec::new();
         let mut seen = HashSet::new();
         let mut next: Option<String> = None;
@@ -348,24 +442,59 @@ impl Ec2Client {
                 return Err(Ec2Error::Paging {
                     action: action.into(),
                     pages,
-                    reason: "more pages than any account could fill",
+                    reason: "past berth's bound of 200 pages per call (MAX_PAGES)",
                 });
             }
             let mut page_params = params.clone();
             if let Some(token) = &next {
                 page_params.push(("NextToken".into(), token.clone()));
             }
-            let body = self.call(creds, action, &page_params).await?;
+            let body = self
+                .call_within(
+                    creds,
+                    action,
+                    &page_params,
+                    &op,
+                    DESCRIBE_RESPONSE_MAX_BYTES,
+                )
+                .await?;
             pages += 1;
-            let (page, token) = parse(&body).map_err(|source| Ec2Error::Xml {
-                action: action.into(),
-                source,
+            let (page, token) = parse(&body).map_err(|source| match source {
+                XmlError::TooMany { limit, .. } => Ec2Error::Bound {
+                    action: action.into(),
+                    what: "items in one page",
+                    limit,
+                    why: "EC2 never returns more than the MaxResults asked",
+                },
+                source => Ec2Error::Xml {
+                    action: action.into(),
+                    source,
+                },
             })?;
+            drop(body);
             log::debug!("EC2 {action}: page {pages} has {} item(s)", page.len());
+            if items.len() + page.len() > MAX_INSTANCES_PER_CALL {
+                return Err(Ec2Error::Bound {
+                    action: action.into(),
+                    what: "items in all pages",
+                    limit: MAX_INSTANCES_PER_CALL,
+                    why: "the largest cluster berth's polling rule is sized for, and a fifth more",
+                });
+            }
             items.extend(page);
             match token {
                 None => return Ok(Paged { items, pages }),
                 Some(token) => {
+                    // A token is opaque but short (EC2's are a few hundred bytes); a huge one
+                    // would be sent back in every following request.
+                    if token.len() > 4096 {
+                        return Err(Ec2Error::Bound {
+                            action: action.into(),
+                            what: "nextToken bytes",
+                            limit: 4096,
+                            why: "EC2's tokens are a few hundred bytes",
+                        });
+                    }
                     if !seen.insert(token.clone()) {
                         return Err(Ec2Error::Paging {
                             action: action.into(),
@@ -387,12 +516,30 @@ impl Ec2Client {
         action: &str,
         params: &[(String, String)],
     ) -> Result<String, Ec2Error> {
+        let op = Operation::new(&self.policy);
+        self.call_within(creds, action, params, &op, DESCRIBE_RESPONSE_MAX_BYTES)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        creds: &Credentials,
+        action: &str,
+        params: &[(String, String)],
+        op: &Operation,
+        limit: usize,
+    ) -> Result<String, Ec2Error> {
         if action.is_empty() || !action.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(Ec2Error::InvalidParameter {
                 action: action.chars().take(64).collect(),
                 name: "Action".into(),
                 reason: "must be a non-empty alphanumeric EC2 action name",
             });
+        }
+        // Whatever these credentials came from, no remote text may echo them from now on.
+        redact::hold(&creds.secret_access_key);
+        if let Some(token) = &creds.session_token {
+            redact::hold(token);
         }
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("Action", action);
@@ -401,8 +548,8 @@ impl Ec2Client {
             form.append_pair(name, value);
         }
         let body = form.finish().into_bytes();
-        retry::run(&self.policy, &format!("EC2 {action}"), |attempt| {
-            self.attempt(creds, action, &body, attempt)
+        retry::run_within(&self.policy, op, &format!("EC2 {action}"), |attempt| {
+            self.attempt(creds, action, &body, attempt, limit)
         })
         .await
         .map_err(|gave_up| Ec2Error::from_gave_up(action, gave_up))
@@ -414,8 +561,8 @@ impl Ec2Client {
         action: &str,
         body: &[u8],
         attempt: Attempt,
+        limit: usize,
     ) -> Result<String, Verdict<Ec2Error>> {
-        let started = Instant::now();
         let url = self.endpoint.to_string();
         let mut request = http::Request::builder()
             .method(http::Method::POST)
@@ -429,91 +576,83 @@ impl Ec2Client {
                     reason: "not a valid HTTP URI",
                 })
             })?;
-        sign::sign_request(&mut request, creds, &self.region, "ec2", SystemTime::now()).map_err(
-            |source| {
-                Verdict::Fail(Ec2Error::Sign {
-                    action: action.into(),
-                    source,
-                })
-            },
-        )?;
+        sign::sign_request(
+            &mut request,
+            creds,
+            &self.region,
+            "ec2",
+            self.signing_time(),
+        )
+        .map_err(|source| {
+            Verdict::Fail(Ec2Error::Sign {
+                action: action.into(),
+                source,
+            })
+        })?;
         let request = reqwest::Request::try_from(request).map_err(|source| {
             Verdict::Fail(Ec2Error::Transport {
                 action: action.into(),
                 url: url.clone(),
-                source,
+                source: source.without_url(),
             })
         })?;
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        let mut response =
-            match tokio::time::timeout(attempt.timeout, self.http.execute(request)).await {
-                Err(_) => {
-                    return Err(Verdict::Retry(Ec2Error::Timeout {
-                        action: action.into(),
+        let sent_at = SystemTime::now();
+        let started = Instant::now();
+        let reply = match self.transport.send(request, attempt.timeout, limit).await {
+            Ok(reply) => reply,
+            Err(failure) => {
+                let action = action.to_string();
+                return Err(match failure {
+                    Failure::Connect(source) => Verdict::Retry(Ec2Error::Connect {
+                        action,
                         url,
-                        after: attempt.timeout,
-                    }))
-                }
-                Ok(Err(source)) if source.is_connect() => {
-                    return Err(Verdict::Retry(Ec2Error::Connect {
-                        action: action.into(),
+                        source,
+                    }),
+                    Failure::Transport(source) => Verdict::Retry(Ec2Error::Transport {
+                        action,
                         url,
-                        source: source.without_url(),
-                    }))
-                }
-                Ok(Err(source)) => {
-                    return Err(Verdict::Retry(Ec2Error::Transport {
-                        action: action.into(),
+                        source,
+                    }),
+                    Failure::Redirect { status } => Verdict::Fail(Ec2Error::Redirect {
+                        action,
                         url,
-                        source: source.without_url(),
-                    }))
-                }
-                Ok(Ok(response)) => response,
-            };
-        let status = response.status().as_u16();
-        let left = attempt.timeout.saturating_sub(started.elapsed());
-        let body = match tokio::time::timeout(left, read_capped(&mut response, MAX_RESPONSE)).await
-        {
-            Err(_) => {
-                return Err(Verdict::Retry(Ec2Error::Timeout {
-                    action: action.into(),
-                    url,
-                    after: attempt.timeout,
-                }))
+                        status,
+                    }),
+                    Failure::TooLarge { limit, .. } => {
+                        Verdict::Fail(Ec2Error::TooLarge { action, url, limit })
+                    }
+                    failure @ Failure::Timeout { .. } => Verdict::Retry(Ec2Error::Timeout {
+                        action,
+                        url,
+                        failure,
+                    }),
+                });
             }
-            Ok(Err(BodyError::TooLarge)) => {
-                return Err(Verdict::Fail(Ec2Error::TooLarge {
-                    action: action.into(),
-                    url,
-                    limit: MAX_RESPONSE,
-                }))
-            }
-            Ok(Err(BodyError::Transport(source))) => {
-                return Err(Verdict::Retry(Ec2Error::Transport {
-                    action: action.into(),
-                    url,
-                    source: source.without_url(),
-                }))
-            }
-            Ok(Ok(body)) => body,
         };
-        let body = String::from_utf8(body).map_err(|_| {
-            Verdict::Fail(Ec2Error::NotUtf8 {
-                action: action.into(),
-            })
-        })?;
-        if (200..300).contains(&status) {
-            return Ok(body);
+        let status = reply.status;
+        let class = classify(status);
+        if class == Class::Success {
+            return String::from_utf8(reply.body).map_err(|_| {
+                Verdict::Fail(Ec2Error::NotUtf8 {
+                    action: action.into(),
+                })
+            });
         }
-        let transient_status = status == 429 || status >= 500;
-        match xml::parse_error(&body) {
+        let transient_status = class == Class::Transient;
+        let text = String::from_utf8_lossy(&reply.body);
+        match xml::parse_error(&text) {
             Ok(aws) => {
-                let retry = transient_status || RETRYABLE_CODES.contains(&aws.code.as_str());
+                let skew_corrected = SKEW_CODES.contains(&aws.code.as_str())
+                    && self.correct_skew(reply.date, sent_at, started.elapsed());
+                let retry = skew_corrected
+                    || transient_status
+                    || RETRYABLE_CODES.contains(&aws.code.as_str());
                 let error = Ec2Error::Api {
                     action: action.into(),
                     status,
-                    code: scrub(&aws.code, creds).chars().take(128).collect(),
-                    message: scrub(&aws.message, creds).chars().take(1024).collect(),
+                    code: aws.code,
+                    message: aws.message,
                     request_id: aws.request_id,
                 };
                 if retry {
@@ -535,6 +674,37 @@ impl Ec2Client {
                 }
             }
         }
+    }
+
+    /// After EC2 refused a request's time: measures EC2's clock from its `Date` header (an
+    /// HTTP date has whole seconds) against the middle of the round trip, and adopts the
+    /// offset when it is past [`SKEW_THRESHOLD`] and differs from the one in use. True when
+    /// the offset changed, so that signing again can succeed.
+    fn correct_skew(&self, date: Option<SystemTime>, sent_at: SystemTime, rtt: Duration) -> bool {
+        let Some(date) = date else {
+            return false;
+        };
+        let ours = sent_at + rtt / 2;
+        let measured: i64 = match date.duration_since(ours) {
+            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        if measured.unsigned_abs() < SKEW_THRESHOLD.as_millis() as u64 {
+            return false;
+        }
+        let current = self.skew_ms.load(Ordering::Relaxed);
+        if (measured - current).unsigned_abs() < SKEW_THRESHOLD.as_millis() as u64 {
+            return false;
+        }
+        self.skew_ms.store(measured, Ordering::Relaxed);
+        let secs = measured.unsigned_abs() / 1000;
+        let direction = if measured > 0 { "behind" } else { "ahead of" };
+        log::warn!(
+            "this host's clock is {secs} s {direction} EC2's (from EC2's Date header): signing \
+             with EC2's time from now on; fix the host's time synchronization (chrony, \
+             systemd-timesyncd)"
+        );
+        true
     }
 }
 
@@ -565,19 +735,6 @@ fn filter_params(action: &str, filters: &[Filter]) -> Result<Vec<(String, String
     Ok(params)
 }
 
-/// Removes the secret key and session token should a server echo them into an error.
-fn scrub(text: &str, creds: &Credentials) -> String {
-    let mut text = text.to_string();
-    for secret in [Some(&creds.secret_access_key), creds.session_token.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter(|s| !s.is_empty())
-    {
-        text = text.replace(secret.as_str(), "** redacted **");
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,8 +743,8 @@ mod tests {
         Ec2Error::Api {
             action: "DescribeInstances".into(),
             status: 400,
-            code: code.into(),
-            message: message.into(),
+            code: RemoteText::new(code),
+            message: RemoteText::new(message),
             request_id: None,
         }
     }
@@ -640,20 +797,6 @@ mod tests {
         assert_eq!(wrapped.status(), Some(400));
         assert!(api_error("RequestLimitExceeded", "x").is_throttling());
         assert!(!api_error("InternalError", "x").is_throttling());
-    }
-
-    #[test]
-    fn scrub_removes_secrets() {
-        let creds = Credentials {
-            access_key_id: "AKIA".into(),
-            secret_access_key: "SECRETKEY".into(),
-            session_token: Some("SESSIONTOKEN".into()),
-            expiration: None,
-        };
-        assert_eq!(
-            scrub("bad SECRETKEY and SESSIONTOKEN", &creds),
-            "bad ** redacted ** and ** redacted **"
-        );
     }
 
     #[test]

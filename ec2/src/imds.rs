@@ -14,22 +14,35 @@
 //! Every read follows the client's [`RetryPolicy`]: 5xx, 429, refused or reset connections and
 //! timeouts are retried with backoff under the deadline; 404 means "absent" (`Ok(None)`); 401
 //! drops the token and retries with a new one; other statuses are errors naming the URL and
-//! status. Values are validated enough that garbage is an error naming the IMDS path.
+//! status. Values are validated enough that garbage is an error naming the IMDS path. Requests
+//! go through the one [`Transport`]: no redirect is followed (IMDS never redirects, and a
+//! redirect would carry the session token elsewhere).
 //!
-//! Tokens, secret keys and session tokens never appear in an error, a log line or a `Debug`.
+//! A deadline bounds an operation, not a request: [`ImdsClient::identity`] makes about ten
+//! requests, and all of them together get the policy's 60 s (see [`Operation`]).
+//!
+//! Bounds (each a constant below, with its reason): a body [`MAX_BODY`], a token
+//! [`MAX_TOKEN_LEN`], the tag listing [`TAG_LISTING_MAX_BYTES`], a tag value
+//! [`TAG_VALUE_MAX_BYTES`]; only the tags berth reads are fetched, whatever the listing holds.
+//!
+//! Tokens, secret keys and session tokens never appear in an error, a log line or a `Debug`,
+//! and are held by [`crate::redact`] so that no remote text can echo them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use url::Url;
 
-use crate::body::{read_capped, BodyError};
 use crate::model::{Credentials, Identity};
-use crate::retry::{self, Attempt, GaveUp, RetryPolicy, Stop, Verdict};
+use crate::redact::{self, RemoteText};
+use crate::retry::{self, Attempt, GaveUp, Operation, RetryPolicy, Stop, Verdict};
+use crate::transport::{classify, Class, Failure, Transport, TransportConfig};
 
 /// The IPv4 IMDS endpoint, on every Nitro and Xen instance.
 pub const IMDS_IPV4_ENDPOINT: &str = "http://169.254.169.254/";
@@ -51,12 +64,20 @@ const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(120);
 const CREDENTIALS_REFRESH_WINDOW: Duration = Duration::from_secs(300);
 /// EC2 caps user-data at 16 KiB and other IMDS items are far smaller; 1 MiB leaves room for
 /// growth while keeping a broken server from filling memory.
-const MAX_BODY: usize = 1 << 20;
+pub const MAX_BODY: usize = 1 << 20;
 /// IMDS tokens are about 56 characters; anything far longer is not a token.
-const MAX_TOKEN_LEN: usize = 1024;
+pub const MAX_TOKEN_LEN: usize = 1024;
+/// The tag listing: EC2 allows 50 tags per instance with keys of at most 128 characters, about
+/// 6.5 KB listed; ten times that. A longer listing is not read: berth then asks for the tags
+/// it needs by name.
+pub const TAG_LISTING_MAX_BYTES: usize = 64 * 1024;
+/// A tag value: at most 256 characters (EC2's rule), so at most 1 KiB of UTF-8.
+pub const TAG_VALUE_MAX_BYTES: usize = 1024;
+/// What to run when the token PUT goes unanswered (the hop limit).
+const HOP_LIMIT_FIX: &str = "aws ec2 modify-instance-metadata-options --instance-id <instance-id> --http-put-response-hop-limit 2";
 
 /// Why an IMDS read failed. Carries the URL or IMDS path and the status, never a token or a
-/// credential value.
+/// credential value; text that came from IMDS is a [`RemoteText`].
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
     #[error("no IMDS endpoint configured")]
@@ -75,8 +96,13 @@ pub enum ImdsError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("IMDS request to {url} timed out after {after:?}")]
-    Timeout { url: String, after: Duration },
+    #[error("IMDS request to {url}: {failure}")]
+    Timeout { url: String, failure: Failure },
+    #[error(
+        "IMDS {url} answered HTTP {status}, a redirect: IMDS never redirects, so berth follows \
+         none and its session token went nowhere else; check what answers at the IMDS address"
+    )]
+    Redirect { url: String, status: u16 },
     #[error("IMDS {url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("IMDS {url} answered HTTP 401: the session token was rejected")]
@@ -87,6 +113,17 @@ pub enum ImdsError {
          enabled and that the PUT response hop limit is high enough"
     )]
     TokenRefused { url: String, status: u16 },
+    #[error(
+        "IMDSv2 session token request (PUT {url}) was never answered ({attempts} attempt(s) in \
+         {waited:?}), while IMDS accepted the connection: the instance's PUT response hop limit \
+         is too low for where berth runs (a container adds a hop, and the default limit is 1); \
+         raise it with `{HOP_LIMIT_FIX}`"
+    )]
+    TokenUnanswered {
+        url: String,
+        attempts: u32,
+        waited: Duration,
+    },
     #[error("IMDSv2 session token from {url} is unusable: {reason}")]
     InvalidToken { url: String, reason: &'static str },
     #[error("IMDS {url} sent a body larger than {limit} bytes")]
@@ -95,12 +132,24 @@ pub enum ImdsError {
     NotUtf8 { path: String },
     #[error("IMDS {path}: required item missing (HTTP 404)")]
     Missing { path: String },
-    #[error("IMDS {path}: invalid value {value:?}: {reason}")]
+    #[error("IMDS {path}: invalid value {value:?}: {reason}; {fix}")]
     Invalid {
         path: String,
-        value: String,
+        value: RemoteText,
         reason: &'static str,
+        fix: &'static str,
     },
+    #[error(
+        "instance {instance_id} is on an IPv6-only subnet (IMDS has no meta-data/local-ipv4 but \
+         lists IPv6 addresses): berth's profiles address nodes by private IPv4; launch the \
+         instance in a dual-stack or IPv4 subnet"
+    )]
+    Ipv6Only { instance_id: String },
+    #[error(
+        "IMDS tag {key:?}: value longer than {limit} bytes (EC2 allows 256 characters); \
+         shorten the tag"
+    )]
+    TagValueTooLarge { key: String, limit: usize },
     #[error("IMDS {path}: credentials document field {field}: {reason}")]
     CredentialsField {
         path: String,
@@ -108,7 +157,7 @@ pub enum ImdsError {
         reason: String,
     },
     #[error("IMDS {path}: credentials not available: Code is {code:?}, not \"Success\"")]
-    CredentialsCode { path: String, code: String },
+    CredentialsCode { path: String, code: RemoteText },
     #[error("IMDS {what}: gave up after {attempts} attempt(s) in {elapsed:?} ({stop}); last error: {last}")]
     GaveUp {
         what: String,
@@ -122,16 +171,36 @@ pub enum ImdsError {
 
 impl ImdsError {
     fn from_gave_up(what: String, gave_up: GaveUp<ImdsError>) -> Self {
-        match gave_up.stop {
+        match (gave_up.stop, gave_up.last) {
             // A permanent error on the first try is best reported as itself.
-            Stop::NotRetryable if gave_up.attempts == 1 => gave_up.last,
-            stop => ImdsError::GaveUp {
+            (Stop::NotRetryable, last) if gave_up.attempts == 1 => last,
+            // The diagnosis is the hop limit, whatever the path was.
+            (_, ImdsError::TokenUnanswered { url, .. }) => ImdsError::TokenUnanswered {
+                url,
+                attempts: gave_up.attempts,
+                waited: gave_up.elapsed,
+            },
+            (stop, last) => ImdsError::GaveUp {
                 what,
                 attempts: gave_up.attempts,
                 elapsed: gave_up.elapsed,
                 stop,
-                last: Box::new(gave_up.last),
+                last: Box::new(last),
             },
+        }
+    }
+
+    /// True when IMDS answered, but with a value berth needs and cannot use: bad input of the
+    /// instance's configuration (the agent's exit 3), not a failure of IMDS. The message names
+    /// the item and the fix.
+    pub fn is_invalid_metadata(&self) -> bool {
+        match self {
+            ImdsError::Invalid { .. }
+            | ImdsError::Ipv6Only { .. }
+            | ImdsError::TagValueTooLarge { .. }
+            | ImdsError::NotUtf8 { .. } => true,
+            ImdsError::GaveUp { last, .. } => last.is_invalid_metadata(),
+            _ => false,
         }
     }
 }
@@ -157,11 +226,14 @@ struct Token {
 pub struct ImdsClient {
     endpoints: Vec<Url>,
     policy: RetryPolicy,
-    http: reqwest::Client,
+    transport: Transport,
     /// Index into `endpoints` of the endpoint to use next: the one that last answered.
     current: AtomicUsize,
     token: Mutex<Option<Token>>,
     credentials: Mutex<Option<Credentials>>,
+    /// Set once a whole deadline passed with no role credentials in IMDS: later calls look
+    /// once instead of waiting again (an instance without a role stays without one).
+    role_wait_done: AtomicBool,
 }
 
 impl fmt::Debug for ImdsClient {
@@ -173,6 +245,9 @@ impl fmt::Debug for ImdsClient {
             .finish_non_exhaustive()
     }
 }
+
+/// The tags berth reads: its role, its cluster and its name.
+pub const BERTH_TAG_KEYS: [&str; 3] = ["role", "berth:cluster", "Name"];
 
 impl ImdsClient {
     /// A client trying `endpoints` in order (see the module doc). Each is a base URL; the
@@ -188,19 +263,14 @@ impl ImdsClient {
                 url
             })
             .collect();
-        let http = reqwest::Client::builder()
-            // IMDS is link-local: a proxy from the environment could never reach it, and must
-            // never see the token.
-            .no_proxy()
-            .build()
-            .expect("a reqwest client with a static configuration builds");
         ImdsClient {
             endpoints,
             policy,
-            http,
+            transport: Transport::new(TransportConfig::imds()),
             current: AtomicUsize::new(0),
             token: Mutex::new(None),
             credentials: Mutex::new(None),
+            role_wait_done: AtomicBool::new(false),
         }
     }
 
@@ -221,10 +291,24 @@ impl ImdsClient {
         self.endpoints.get(self.current.load(Ordering::Acquire))
     }
 
+    /// A new operation under this client's policy, for [`get_within`](Self::get_within).
+    pub fn operation(&self) -> Operation {
+        Operation::new(&self.policy)
+    }
+
     /// Reads `path` (relative to `/latest/`, e.g. `meta-data/instance-id`) as text.
     /// `Ok(None)` when IMDS answers 404.
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
-        match self.get_bytes(path).await? {
+        self.get_within(path, &self.operation()).await
+    }
+
+    /// As [`get`](Self::get), as one request of the operation `op` (sharing its deadline).
+    pub async fn get_within(
+        &self,
+        path: &str,
+        op: &Operation,
+    ) -> Result<Option<String>, ImdsError> {
+        match self.read(path, MAX_BODY, op).await? {
             None => Ok(None),
             Some(bytes) => String::from_utf8(bytes)
                 .map(Some)
@@ -234,61 +318,100 @@ impl ImdsClient {
 
     /// Reads `path` as bytes. `Ok(None)` when IMDS answers 404.
     pub async fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ImdsError> {
+        self.read(path, MAX_BODY, &self.operation()).await
+    }
+
+    async fn read(
+        &self,
+        path: &str,
+        limit: usize,
+        op: &Operation,
+    ) -> Result<Option<Vec<u8>>, ImdsError> {
         check_path(path)?;
         if self.endpoints.is_empty() {
             return Err(ImdsError::NoEndpoints);
         }
-        retry::run(&self.policy, &format!("IMDS GET {path}"), |attempt| {
-            self.attempt_get(path, attempt)
+        retry::run_within(&self.policy, op, &format!("IMDS GET {path}"), |attempt| {
+            self.attempt_get(path, limit, attempt)
         })
         .await
         .map_err(|gave_up| ImdsError::from_gave_up(path.to_string(), gave_up))
     }
 
-    /// This instance's identity. Every item is required; a missing one is an error naming its
-    /// IMDS path.
+    /// This instance's identity: one operation, so the policy's deadline bounds all of its
+    /// requests together. Every item is required; a missing one is an error naming its IMDS
+    /// path, an unusable one an error naming the path and the fix.
     pub async fn identity(&self) -> Result<Identity, ImdsError> {
+        let op = self.operation();
         let instance_id = self
-            .required("meta-data/instance-id", |v| check_id(v, "i"))
+            .required("meta-data/instance-id", |v| check_id(v, "i"), &op)
             .await?;
         let region = self
-            .required("meta-data/placement/region", check_region)
+            .required("meta-data/placement/region", check_region, &op)
             .await?;
         let az_path = "meta-data/placement/availability-zone";
-        let availability_zone = self.required(az_path, check_region).await?;
+        let availability_zone = self.required(az_path, check_region, &op).await?;
         if !availability_zone.starts_with(&region) {
             return Err(ImdsError::Invalid {
                 path: az_path.into(),
-                value: excerpt(&availability_zone),
+                value: RemoteText::new(&availability_zone),
                 reason: "not a zone of the instance's region",
+                fix: "IMDS and the region disagree; report it to AWS support",
             });
         }
-        let private_ipv4 = self
-            .required("meta-data/local-ipv4", |v| {
-                v.parse::<Ipv4Addr>()
-                    .map(|_| ())
-                    .map_err(|_| "not an IPv4 address")
-            })
-            .await?;
-        let private_dns_name = self
-            .required("meta-data/local-hostname", check_hostname)
-            .await?;
-        let mac = self.required("meta-data/mac", check_mac).await?;
+        let mac = self.required("meta-data/mac", check_mac, &op).await?;
         let mac = mac.to_ascii_lowercase();
         let interface = format!("meta-data/network/interfaces/macs/{mac}");
+        let ipv4_path = "meta-data/local-ipv4";
+        let private_ipv4 = match self.get_within(ipv4_path, &op).await? {
+            Some(v) if !v.trim().is_empty() => {
+                let v = v.trim();
+                v.parse::<Ipv4Addr>().map_err(|_| ImdsError::Invalid {
+                    path: ipv4_path.into(),
+                    value: RemoteText::new(v),
+                    reason: "not an IPv4 address",
+                    fix: "berth needs the instance's private IPv4 address",
+                })?;
+                v.to_string()
+            }
+            _ => {
+                // No IPv4 address: an IPv6-only subnet if the interface has IPv6 addresses.
+                let ipv6s = self.get_within(&format!("{interface}/ipv6s"), &op).await?;
+                if ipv6s.is_some_and(|v| v.lines().any(|l| !l.trim().is_empty())) {
+                    return Err(ImdsError::Ipv6Only { instance_id });
+                }
+                return Err(ImdsError::Missing {
+                    path: ipv4_path.into(),
+                });
+            }
+        };
+        let private_dns_name = self
+            .required("meta-data/local-hostname", check_hostname, &op)
+            .await?;
+        // With several domain names in the VPC's DHCP options, IMDS lists the host name
+        // followed by each further domain, space-separated: the first is the host's.
+        let private_dns_name = first_name(&private_dns_name).to_string();
         let vpc_id = self
-            .required(&format!("{interface}/vpc-id"), |v| check_id(v, "vpc"))
+            .required(&format!("{interface}/vpc-id"), |v| check_id(v, "vpc"), &op)
             .await?;
         let subnet_id = self
-            .required(&format!("{interface}/subnet-id"), |v| check_id(v, "subnet"))
+            .required(
+                &format!("{interface}/subnet-id"),
+                |v| check_id(v, "subnet"),
+                &op,
+            )
             .await?;
         let groups = self
-            .required(&format!("{interface}/security-group-ids"), |v| {
-                v.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .try_for_each(|g| check_id(g, "sg"))
-            })
+            .required(
+                &format!("{interface}/security-group-ids"),
+                |v| {
+                    v.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .try_for_each(|g| check_id(g, "sg"))
+                },
+                &op,
+            )
             .await?;
         let security_group_ids = groups
             .lines()
@@ -309,24 +432,58 @@ impl ImdsClient {
         })
     }
 
-    /// The instance's tags from `meta-data/tags/instance/`. `Ok(None)` when the listing is 404:
-    /// access to tags in instance metadata is disabled, and the caller should use DescribeTags.
-    pub async fn tags(&self) -> Result<Option<BTreeMap<String, String>>, ImdsError> {
+    /// The instance's tags named in `wanted` (berth reads [`BERTH_TAG_KEYS`]), from
+    /// `meta-data/tags/instance/`. `Ok(None)` when the listing is 404: access to tags in
+    /// instance metadata is disabled, and the caller should use DescribeTags.
+    ///
+    /// Only the wanted tags are fetched, one request each, whatever else the listing holds:
+    /// any other key or value EC2 allows never fails the call. A listing longer than
+    /// [`TAG_LISTING_MAX_BYTES`] is not read; the wanted tags are then asked for by name.
+    pub async fn tags(
+        &self,
+        wanted: &[&str],
+    ) -> Result<Option<BTreeMap<String, String>>, ImdsError> {
+        let op = self.operation();
         let listing_path = "meta-data/tags/instance/";
-        let Some(listing) = self.get(listing_path).await? else {
-            return Ok(None);
-        };
+        let listed: Option<Vec<u8>> =
+            match self.read(listing_path, TAG_LISTING_MAX_BYTES, &op).await {
+                Ok(None) => return Ok(None),
+                Ok(Some(listing)) => Some(listing),
+                Err(ImdsError::TooLarge { .. }) => {
+                    log::warn!(
+                        "IMDS {listing_path}: listing longer than {TAG_LISTING_MAX_BYTES} bytes; \
+                     reading berth's tags by name"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            };
         let mut tags = BTreeMap::new();
-        for key in listing.lines().map(str::trim).filter(|k| !k.is_empty()) {
-            check_tag_key(key).map_err(|reason| ImdsError::Invalid {
-                path: listing_path.into(),
-                value: excerpt(key),
-                reason,
-            })?;
+        for key in wanted {
+            let is_listed = listed.as_ref().map_or(true, |listing| {
+                listing
+                    .split(|b| *b == b'\n')
+                    .any(|line| line.trim_ascii() == key.as_bytes())
+            });
+            if !is_listed || check_tag_key(key).is_err() {
+                continue;
+            }
             let path = format!("{listing_path}{key}");
             // A tag deleted between the listing and this read is simply gone.
-            if let Some(value) = self.get(&path).await? {
-                tags.insert(key.to_string(), value);
+            match self.read(&path, TAG_VALUE_MAX_BYTES, &op).await {
+                Ok(Some(value)) => {
+                    let value = String::from_utf8(value)
+                        .map_err(|_| ImdsError::NotUtf8 { path: path.clone() })?;
+                    tags.insert(key.to_string(), value);
+                }
+                Ok(None) => {}
+                Err(ImdsError::TooLarge { .. }) => {
+                    return Err(ImdsError::TagValueTooLarge {
+                        key: key.to_string(),
+                        limit: TAG_VALUE_MAX_BYTES,
+                    })
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(Some(tags))
@@ -342,6 +499,10 @@ impl ImdsClient {
     /// Cached, and refetched when they expire within 5 minutes. If a refetch fails while the
     /// cached credentials have not expired yet, those are returned (and a warning logged): they
     /// still work, and IMDS may be briefly unavailable.
+    ///
+    /// IMDS publishes an instance profile's credentials some seconds after boot; until then
+    /// `iam/security-credentials/` answers 404. So the first call waits for them up to the
+    /// policy's deadline before it says there is no role; later calls look once.
     pub async fn credentials(&self) -> Result<Option<Credentials>, ImdsError> {
         let mut cache = self.credentials.lock().await;
         let now = SystemTime::now();
@@ -375,24 +536,54 @@ impl ImdsClient {
     }
 
     async fn fetch_credentials(&self) -> Result<Option<Credentials>, ImdsError> {
+        let op = self.operation();
         let listing_path = "meta-data/iam/security-credentials/";
-        let Some(listing) = self.get(listing_path).await? else {
-            return Ok(None);
+        let mut waits = 0u32;
+        let role = loop {
+            let listing = self.get_within(listing_path, &op).await?;
+            if let Some(role) = listing
+                .as_deref()
+                .and_then(|l| l.lines().map(str::trim).find(|l| !l.is_empty()))
+            {
+                break role.to_string();
+            }
+            waits += 1;
+            let delay = self
+                .policy
+                .backoff_cap(waits)
+                .max(Duration::from_millis(100));
+            if self.role_wait_done.load(Ordering::Acquire) || delay >= op.remaining() {
+                self.role_wait_done.store(true, Ordering::Release);
+                return Ok(None);
+            }
+            if waits == 1 {
+                log::info!(
+                    "IMDS has no role credentials yet ({listing_path} is empty or 404); \
+                     waiting up to {:?} for the instance profile's",
+                    op.remaining()
+                );
+            }
+            tokio::time::sleep(delay).await;
         };
-        let Some(role) = listing.lines().map(str::trim).find(|l| !l.is_empty()) else {
-            return Ok(None);
-        };
-        check_role_name(role).map_err(|reason| ImdsError::Invalid {
+        if waits > 0 {
+            log::info!("role credentials appeared in IMDS after {:?}", op.elapsed());
+        }
+        check_role_name(&role).map_err(|reason| ImdsError::Invalid {
             path: listing_path.into(),
-            value: excerpt(role),
+            value: RemoteText::new(&role),
             reason,
+            fix: "IMDS lists the instance profile's role name here",
         })?;
         let path = format!("{listing_path}{role}");
         let document = self
-            .get(&path)
+            .get_within(&path, &op)
             .await?
             .ok_or_else(|| ImdsError::Missing { path: path.clone() })?;
         let credentials = parse_credentials(&path, &document)?;
+        redact::hold(&credentials.secret_access_key);
+        if let Some(token) = &credentials.session_token {
+            redact::hold(token);
+        }
         log::debug!(
             "role credentials for {role} fetched (access key {}, expiring {:?})",
             credentials.access_key_id,
@@ -405,9 +596,10 @@ impl ImdsClient {
         &self,
         path: &str,
         check: impl Fn(&str) -> Result<(), &'static str>,
+        op: &Operation,
     ) -> Result<String, ImdsError> {
         let value = self
-            .get(path)
+            .get_within(path, op)
             .await?
             .ok_or_else(|| ImdsError::Missing { path: path.into() })?;
         let value = value.trim();
@@ -416,8 +608,9 @@ impl ImdsClient {
         }
         check(value).map_err(|reason| ImdsError::Invalid {
             path: path.into(),
-            value: excerpt(value),
+            value: RemoteText::new(value),
             reason,
+            fix: fix_for(path),
         })?;
         Ok(value.to_string())
     }
@@ -449,6 +642,7 @@ impl ImdsClient {
     async fn attempt_get(
         &self,
         path: &str,
+        limit: usize,
         attempt: Attempt,
     ) -> Result<Option<Vec<u8>>, Verdict<ImdsError>> {
         let started = Instant::now();
@@ -456,30 +650,20 @@ impl ImdsClient {
         let token = self.token(endpoint, attempt.timeout).await?;
         let left = attempt.timeout.saturating_sub(started.elapsed());
         let url = self.url(endpoint, &format!("latest/{path}"));
-        let mut response = self
-            .send(
-                endpoint,
-                self.http
-                    .get(url.clone())
-                    .header(TOKEN_HEADER, sensitive(&token.0)?),
-                &url,
-                left,
-            )
-            .await?;
-        let status = response.status().as_u16();
-        match status {
-            200..=299 => {
-                let left = attempt.timeout.saturating_sub(started.elapsed());
-                self.read_body(&mut response, &url, left, MAX_BODY)
-                    .await
-                    .map(Some)
-            }
-            404 => Ok(None),
-            401 => {
+        let request = self
+            .transport
+            .request(reqwest::Method::GET, url.clone())
+            .header(TOKEN_HEADER, sensitive(&token.0)?);
+        let reply = self.send(endpoint, request, &url, left, limit).await?;
+        let status = reply.status;
+        match classify(status) {
+            Class::Success => Ok(Some(reply.body)),
+            Class::NotFound => Ok(None),
+            _ if status == 401 => {
                 self.drop_token(&token).await;
                 Err(Verdict::Retry(ImdsError::Unauthorized { url: url.into() }))
             }
-            429 | 500..=599 => Err(Verdict::Retry(ImdsError::Status {
+            Class::Transient => Err(Verdict::Retry(ImdsError::Status {
                 url: url.into(),
                 status,
             })),
@@ -490,60 +674,39 @@ impl ImdsClient {
         }
     }
 
-    /// Sends one request within `left`; a connect failure or a timeout before the response
-    /// moves the client to the next endpoint.
+    /// Sends one request within `left`; a failure to connect moves the client to the next
+    /// endpoint. An endpoint that accepted the connection is kept, answer or not.
     async fn send(
         &self,
         endpoint: usize,
         request: reqwest::RequestBuilder,
         url: &Url,
         left: Duration,
-    ) -> Result<reqwest::Response, Verdict<ImdsError>> {
-        match tokio::time::timeout(left, request.send()).await {
-            Err(_) => {
-                self.next_endpoint(endpoint);
-                Err(Verdict::Retry(ImdsError::Timeout {
-                    url: url.to_string(),
-                    after: left,
-                }))
-            }
-            Ok(Err(source)) if source.is_connect() || source.is_timeout() => {
-                self.next_endpoint(endpoint);
-                Err(Verdict::Retry(ImdsError::Connect {
-                    url: url.to_string(),
-                    source: source.without_url(),
-                }))
-            }
-            Ok(Err(source)) => Err(Verdict::Retry(ImdsError::Transport {
-                url: url.to_string(),
-                source: source.without_url(),
-            })),
-            Ok(Ok(response)) => Ok(response),
-        }
-    }
-
-    async fn read_body(
-        &self,
-        response: &mut reqwest::Response,
-        url: &Url,
-        left: Duration,
         limit: usize,
-    ) -> Result<Vec<u8>, Verdict<ImdsError>> {
-        match tokio::time::timeout(left, read_capped(response, limit)).await {
-            Err(_) => Err(Verdict::Retry(ImdsError::Timeout {
-                url: url.to_string(),
-                after: left,
-            })),
-            Ok(Err(BodyError::TooLarge)) => Err(Verdict::Fail(ImdsError::TooLarge {
-                url: url.to_string(),
-                limit,
-            })),
-            Ok(Err(BodyError::Transport(source))) => Err(Verdict::Retry(ImdsError::Transport {
+    ) -> Result<crate::transport::Reply, Verdict<ImdsError>> {
+        let request = request.build().map_err(|source| {
+            Verdict::Fail(ImdsError::Transport {
                 url: url.to_string(),
                 source: source.without_url(),
-            })),
-            Ok(Ok(body)) => Ok(body),
+            })
+        })?;
+        let failure = match self.transport.send(request, left, limit).await {
+            Ok(reply) => return Ok(reply),
+            Err(failure) => failure,
+        };
+        if failure.is_unreachable() {
+            self.next_endpoint(endpoint);
         }
+        let url = url.to_string();
+        Err(match failure {
+            Failure::Connect(source) => Verdict::Retry(ImdsError::Connect { url, source }),
+            Failure::Transport(source) => Verdict::Retry(ImdsError::Transport { url, source }),
+            Failure::Redirect { status } => Verdict::Fail(ImdsError::Redirect { url, status }),
+            Failure::TooLarge { limit, .. } => Verdict::Fail(ImdsError::TooLarge { url, limit }),
+            failure @ Failure::Timeout { .. } => {
+                Verdict::Retry(ImdsError::Timeout { url, failure })
+            }
+        })
     }
 
     /// The cached token for `endpoint`, or a new one.
@@ -582,14 +745,43 @@ impl ImdsClient {
         let started = Instant::now();
         let url = self.url(endpoint, TOKEN_PATH);
         let request = self
-            .http
-            .put(url.clone())
+            .transport
+            .request(reqwest::Method::PUT, url.clone())
             .header(TOKEN_TTL_HEADER, TOKEN_TTL.as_secs().to_string());
-        let mut response = self.send(endpoint, request, &url, timeout).await?;
-        let status = response.status().as_u16();
-        match status {
-            200 => {}
-            429 | 500..=599 => {
+        let reply = match self
+            .send(endpoint, request, &url, timeout, MAX_TOKEN_LEN)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(Verdict::Retry(ImdsError::Timeout {
+                failure:
+                    Failure::Timeout {
+                        connected: true,
+                        head_received: false,
+                        ..
+                    },
+                ..
+            })) => {
+                // Connected, and no answer: what a PUT response dropped by the hop limit looks
+                // like from here.
+                return Err(Verdict::Retry(ImdsError::TokenUnanswered {
+                    url: url.into(),
+                    attempts: 1,
+                    waited: started.elapsed(),
+                }));
+            }
+            Err(Verdict::Fail(ImdsError::TooLarge { url, .. })) => {
+                return Err(Verdict::Fail(ImdsError::InvalidToken {
+                    url,
+                    reason: "longer than any IMDS token",
+                }))
+            }
+            Err(other) => return Err(other),
+        };
+        let status = reply.status;
+        match classify(status) {
+            Class::Success => {}
+            Class::Transient => {
                 return Err(Verdict::Retry(ImdsError::Status {
                     url: url.into(),
                     status,
@@ -602,28 +794,13 @@ impl ImdsClient {
                 }))
             }
         }
-        let granted = response
-            .headers()
-            .get(TOKEN_TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
+        let granted = reply
+            .header(TOKEN_TTL_HEADER)
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs)
             .unwrap_or(TOKEN_TTL)
             .min(TOKEN_TTL);
-        let left = timeout.saturating_sub(started.elapsed());
-        let body = self
-            .read_body(&mut response, &url, left, MAX_TOKEN_LEN)
-            .await
-            .map_err(|v| match v {
-                Verdict::Fail(ImdsError::TooLarge { url, .. }) => {
-                    Verdict::Fail(ImdsError::InvalidToken {
-                        url,
-                        reason: "longer than any IMDS token",
-                    })
-                }
-                other => other,
-            })?;
-        let value = String::from_utf8(body)
+        let value = String::from_utf8(reply.body)
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
@@ -633,6 +810,7 @@ impl ImdsClient {
                     reason: "empty or not printable ASCII",
                 })
             })?;
+        redact::hold(&value);
         let early = TOKEN_EARLY_REFRESH.min(granted / 2);
         Ok(Token {
             endpoint,
@@ -640,6 +818,21 @@ impl ImdsClient {
             refresh_at: started + granted - early,
         })
     }
+}
+
+/// What to do about an unusable identity item.
+fn fix_for(path: &str) -> &'static str {
+    if path.ends_with("local-hostname") {
+        "the VPC's DHCP options must give instances a DNS host name (set `domain-name` to a \
+         valid domain, e.g. ec2.internal, and enable DNS hostnames on the VPC)"
+    } else {
+        "berth needs this item as AWS documents it; check what answers at the IMDS address"
+    }
+}
+
+/// The host name of a `local-hostname` value: its first space-separated name.
+fn first_name(value: &str) -> &str {
+    value.split_ascii_whitespace().next().unwrap_or_default()
 }
 
 fn sensitive(value: &str) -> Result<http::HeaderValue, Verdict<ImdsError>> {
@@ -685,7 +878,7 @@ fn parse_credentials(path: &str, document: &str) -> Result<Credentials, ImdsErro
     if code != "Success" {
         return Err(ImdsError::CredentialsCode {
             path: path.into(),
-            code: excerpt(code),
+            code: RemoteText::new(code),
         });
     }
     let printable = |field: &'static str| -> Result<String, ImdsError> {
@@ -716,15 +909,10 @@ fn parse_credentials(path: &str, document: &str) -> Result<Credentials, ImdsErro
     })
 }
 
-/// Values quoted in errors are cut short: a hostile server should not fill the logs.
-fn excerpt(value: &str) -> String {
-    value.chars().take(64).collect()
-}
-
 fn check_path(path: &str) -> Result<(), ImdsError> {
     let invalid = |reason| {
         Err(ImdsError::InvalidPath {
-            path: excerpt(path),
+            path: path.chars().take(64).collect(),
             reason,
         })
     };
@@ -776,8 +964,11 @@ fn check_region(value: &str) -> Result<(), &'static str> {
     }
 }
 
+/// The first name of the value (see [`first_name`]) must be a DNS host name.
 fn check_hostname(value: &str) -> Result<(), &'static str> {
-    let ok = value.len() <= 253
+    let value = first_name(value);
+    let ok = !value.is_empty()
+        && value.len() <= 253
         && value.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -848,7 +1039,12 @@ mod tests {
         assert!(check_region("us-west-2-lax-1a").is_ok());
         assert!(check_region("<html>").is_err());
         assert!(check_hostname("ip-10-0-0-12.ec2.internal").is_ok());
-        assert!(check_hostname("bad host").is_err());
+        assert!(check_hostname("bad_host").is_err());
+        assert!(check_hostname("ip-172-30-0-43.ec2.internal corp.example.com example.net").is_ok());
+        assert_eq!(
+            first_name("ip-1.ec2.internal corp.example.com"),
+            "ip-1.ec2.internal"
+        );
         assert!(check_hostname("a..b").is_err());
         assert!(check_mac("0e:49:61:0f:c3:11").is_ok());
         assert!(check_mac("0e:49:61:0f:c3").is_err());

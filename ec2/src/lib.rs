@@ -6,14 +6,17 @@
 //! (that is `berth-sim`). Nothing here logs or displays a secret key or a token.
 
 pub mod api;
-mod body;
 pub mod imds;
 pub mod model;
+pub mod redact;
 pub mod retry;
 pub mod sign;
+pub mod transport;
 pub mod xml;
 
 pub use api::{Ec2Client, Ec2Error, Paged};
 pub use imds::{ImdsClient, ImdsError};
 pub use model::{Credentials, Filter, Identity, Instance, TagDescription};
-pub use retry::RetryPolicy;
+pub use redact::RemoteText;
+pub use retry::{Operation, RetryPolicy};
+pub use transport::{Transport, TransportConfig};

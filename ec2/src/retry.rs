@@ -13,20 +13,24 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Limits for one logical remote call (all its attempts together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Longest one attempt may take, from connect to the last byte of the body.
     pub per_try_timeout: Duration,
-    /// Attempts in total, the first included (0 is treated as 1).
+    /// Attempts in total, the first included (0 is treated as 1); `u32::MAX` lets the deadline
+    /// alone end the wait.
     pub max_attempts: u32,
     /// Cap of the first backoff; doubled for each further attempt.
     pub base_delay: Duration,
     /// Cap of any single backoff.
     pub max_delay: Duration,
-    /// Total time from the first attempt's start; no attempt starts and no sleep ends after it.
+    /// Total time of one operation (see [`Operation`]) from its first attempt's start; no
+    /// attempt starts and no sleep ends after it.
     pub deadline: Duration,
 }
 
@@ -35,14 +39,16 @@ impl RetryPolicy {
     ///
     /// IMDS is a link-local service answering in milliseconds, so a 2 s per-try timeout only
     /// trips when the endpoint is unreachable (an IPv4 address on an IPv6-only subnet, a network
-    /// that is not up yet). Backoff starts at 100 ms and is capped at 2 s because at boot the
-    /// usual failure is "the interface is still coming up", which resolves in seconds. The 60 s
-    /// deadline bounds how long a boot waits: beyond that IMDS is disabled or the hop limit
-    /// blocks us, and failing lets systemd show the error and restart the agent.
+    /// that is not up yet) or overloaded; it doubles for the rest of an operation each time it
+    /// trips (see [`Operation`]), so a slow IMDS is still read. Backoff starts at 100 ms and is
+    /// capped at 2 s because at boot the usual failure is "the interface is still coming up",
+    /// which resolves in seconds. The 60 s deadline bounds one operation (the whole identity,
+    /// not each of its requests), and only time ends the wait: beyond it IMDS is disabled or
+    /// the hop limit blocks us, and failing lets systemd show the error and restart the agent.
     pub fn imds_boot() -> Self {
         RetryPolicy {
             per_try_timeout: Duration::from_secs(2),
-            max_attempts: 30,
+            max_attempts: u32::MAX,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(2),
             deadline: Duration::from_secs(60),
@@ -53,13 +59,13 @@ impl RetryPolicy {
     ///
     /// A page of 1000 instances can take several seconds to produce, hence the 10 s per-try
     /// timeout. EC2 throttles per account and region, and every node of a cluster discovers at
-    /// once, so backoff starts at 500 ms and grows to 20 s (the AWS SDKs' own cap), over up to 8
-    /// attempts. Discovery re-runs periodically, so a 2-minute deadline is enough: a later run
+    /// once, so backoff starts at 500 ms and grows to 20 s (the AWS SDKs' own cap), for as many
+    /// attempts as the deadline allows. The deadline bounds a whole paged call. Discovery re-runs periodically, so a 2-minute deadline is enough: a later run
     /// picks up what this one missed, and a converge loop never hangs on a throttled account.
     pub fn ec2_discovery() -> Self {
         RetryPolicy {
             per_try_timeout: Duration::from_secs(10),
-            max_attempts: 8,
+            max_attempts: u32::MAX,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(20),
             deadline: Duration::from_secs(120),
@@ -140,21 +146,89 @@ pub struct GaveUp<E> {
     pub last: E,
 }
 
+/// One logical operation (the identity, a discovery, a whole paged DescribeInstances): the
+/// deadline every request of it shares, and the per-try timeout it has learned.
+///
+/// The per-try timeout starts at the policy's and doubles each time an attempt uses all of it,
+/// for the rest of the operation: a slow but working endpoint is read on a later try instead
+/// of timing out at every request, and the deadline still bounds the whole.
+#[derive(Debug)]
+pub struct Operation {
+    started: Instant,
+    deadline: Instant,
+    per_try: std::sync::Mutex<Duration>,
+}
+
+impl Operation {
+    /// An operation starting now, bounded by `policy.deadline`.
+    pub fn new(policy: &RetryPolicy) -> Operation {
+        let started = Instant::now();
+        Operation {
+            started,
+            deadline: started + policy.deadline,
+            per_try: std::sync::Mutex::new(policy.per_try_timeout),
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Time since the operation started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn per_try(&self) -> Duration {
+        *self.per_try.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn grow_per_try(&self, used: Duration) {
+        let mut per_try = self.per_try.lock().unwrap_or_else(|p| p.into_inner());
+        if used >= *per_try {
+            *per_try = per_try.saturating_mul(2);
+        }
+    }
+}
+
+/// Runs `op` as one operation of its own (see [`run_within`]).
+pub async fn run<T, E, F, Fut>(policy: &RetryPolicy, what: &str, op: F) -> Result<T, GaveUp<E>>
+where
+    F: FnMut(Attempt) -> Fut,
+    Fut: Future<Output = Result<T, Verdict<E>>>,
+    E: fmt::Display,
+{
+    run_within(policy, &Operation::new(policy), what, op).await
+}
+
 /// Runs `op` until it succeeds, fails permanently, runs out of attempts or would cross the
-/// deadline. `what` names the call in debug logs; it must not contain secrets.
+/// operation's deadline. `what` names the call in debug logs; it must not contain secrets.
+///
+/// Time, not a count, is what ends the wait under the production policies (their
+/// `max_attempts` is `u32::MAX`): a service that refuses connections for 35 s of a 60 s
+/// deadline is read at second 35.
 ///
 /// The error reported is what the remote end last said. An attempt whose per-try timeout the
 /// deadline shortened, and which then used up that shortened time, says nothing about the remote
 /// end (it would have timed out on a healthy server too), so when an earlier attempt failed, that
 /// earlier error is the one reported: a throttled account reads as throttled, not as "timed out
 /// after 3 ms".
-pub async fn run<T, E, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, GaveUp<E>>
+pub async fn run_within<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    operation: &Operation,
+    what: &str,
+    mut op: F,
+) -> Result<T, GaveUp<E>>
 where
     F: FnMut(Attempt) -> Fut,
     Fut: Future<Output = Result<T, Verdict<E>>>,
     E: fmt::Display,
 {
-    let start = Instant::now();
     let max_attempts = policy.max_attempts.max(1);
     let deadline_stop = Stop::Deadline {
         deadline: policy.deadline,
@@ -162,27 +236,30 @@ where
     let mut previous: Option<E> = None;
     let mut number = 0;
     loop {
-        let remaining = policy.deadline.saturating_sub(start.elapsed());
-        if let Some(e) = previous.take_if(|_| remaining.is_zero()) {
-            // The backoff sleep overran the deadline (a loaded machine): starting an attempt
-            // with no time would only time out.
-            return Err(GaveUp {
-                attempts: number,
-                elapsed: start.elapsed(),
-                stop: deadline_stop,
-                last: e,
-            });
+        let remaining = operation.remaining();
+        if remaining.is_zero() {
+            if let Some(e) = previous.take() {
+                // The backoff sleep overran the deadline (a loaded machine): starting an
+                // attempt with no time would only time out.
+                return Err(GaveUp {
+                    attempts: number,
+                    elapsed: operation.elapsed(),
+                    stop: deadline_stop,
+                    last: e,
+                });
+            }
         }
         number += 1;
+        let nominal = operation.per_try();
         let attempt = Attempt {
             number,
-            timeout: policy.per_try_timeout.min(remaining),
+            timeout: nominal.min(remaining),
         };
         let attempt_started = Instant::now();
         let outcome = op(attempt).await;
         let give_up = |last, stop| GaveUp {
             attempts: number,
-            elapsed: start.elapsed(),
+            elapsed: operation.elapsed(),
             stop,
             last,
         };
@@ -190,11 +267,14 @@ where
             Ok(value) => return Ok(value),
             Err(Verdict::Fail(e)) => return Err(give_up(e, Stop::NotRetryable)),
             Err(Verdict::Retry(e)) => {
-                let cut_by_deadline = attempt.timeout < policy.per_try_timeout
-                    && attempt_started.elapsed() >= attempt.timeout;
+                let used = attempt_started.elapsed();
+                let cut_by_deadline = attempt.timeout < nominal && used >= attempt.timeout;
                 if cut_by_deadline {
                     let last = previous.take().unwrap_or(e);
                     return Err(give_up(last, deadline_stop));
+                }
+                if used >= attempt.timeout {
+                    operation.grow_per_try(used);
                 }
                 if number >= max_attempts {
                     return Err(give_up(e, Stop::AttemptsExhausted { max_attempts }));
@@ -202,7 +282,7 @@ where
                 let delay = policy.backoff(number);
                 // An attempt needs some time to be worth starting; one that would begin at the
                 // deadline would only time out.
-                if start.elapsed() + delay >= policy.deadline {
+                if delay >= operation.remaining() {
                     return Err(give_up(e, deadline_stop));
                 }
                 log::debug!("{what}: attempt {number} failed ({e}); retrying in {delay:?}");
@@ -336,7 +416,7 @@ mod tests {
         };
         let start = Instant::now();
         let err = run(&p, "test", |a| async move {
-            assert!(a.timeout <= Duration::from_millis(80));
+            assert!(a.timeout <= Duration::from_millis(300));
             tokio::time::sleep(a.timeout).await;
             Err::<(), _>(Verdict::Retry("slow"))
         })
@@ -351,6 +431,87 @@ mod tests {
         assert!(err.attempts >= 2, "{err:?}");
         assert!(
             start.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    /// IMDS refusing connections at once for 35 s (it is not up yet) is read when it comes up:
+    /// time, not an attempt count, ends the wait.
+    #[tokio::test(start_paused = true)]
+    async fn quick_refusals_wait_for_the_whole_deadline() {
+        let policy = RetryPolicy::imds_boot();
+        let start = Instant::now();
+        let up_at = start + Duration::from_secs(35);
+        let mut attempts = 0;
+        let value = run(&policy, "test", |_| {
+            attempts += 1;
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if Instant::now() < up_at {
+                    Err(Verdict::Retry("connection refused"))
+                } else {
+                    Ok("i-0123")
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, "i-0123");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(35) && waited < Duration::from_secs(38),
+            "{waited:?}"
+        );
+        assert!(
+            attempts > 30,
+            "{attempts} attempts: more than the old cap of 30"
+        );
+    }
+
+    /// An endpoint that answers in 3 s is read although the per-try timeout is 2 s: the
+    /// timeout doubles after it trips, and later requests of the operation start there.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_endpoint_is_read_and_the_operation_remembers() {
+        let policy = RetryPolicy::imds_boot();
+        let op = Operation::new(&policy);
+        let slow = |a: Attempt| async move {
+            if a.timeout < Duration::from_secs(3) {
+                tokio::time::sleep(a.timeout).await;
+                Err(Verdict::Retry("timed out"))
+            } else {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(a.number)
+            }
+        };
+        assert_eq!(run_within(&policy, &op, "first", slow).await.unwrap(), 2);
+        // The second request of the operation starts with the grown timeout.
+        assert_eq!(run_within(&policy, &op, "second", slow).await.unwrap(), 1);
+    }
+
+    /// Nine requests of one operation share one deadline: the ninth does not get 60 s of its own.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_the_operation_not_each_request() {
+        let policy = RetryPolicy::imds_boot();
+        let op = Operation::new(&policy);
+        let start = Instant::now();
+        let mut outcome = Ok(());
+        for _ in 0..9 {
+            outcome = run_within(&policy, &op, "item", |_| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err::<(), _>(Verdict::Retry("503"))
+            })
+            .await
+            .map_err(|e| e.stop);
+        }
+        assert_eq!(
+            outcome,
+            Err(Stop::Deadline {
+                deadline: policy.deadline
+            })
+        );
+        assert!(
+            start.elapsed() <= Duration::from_secs(61),
             "{:?}",
             start.elapsed()
         );

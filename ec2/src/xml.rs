@@ -12,29 +12,37 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use crate::model::{Instance, TagDescription};
+use crate::redact::RemoteText;
 
 /// Deeper than any EC2 response (DescribeInstances nests about 8 levels); a guard against a
 /// hostile body exhausting the stack or memory.
 const MAX_DEPTH: usize = 64;
 
+/// Why a response could not be read. Every piece of the document quoted here (an element name
+/// the parser saw, a value) is a [`RemoteText`]: scrubbed of secrets and bounded.
 #[derive(Debug, thiserror::Error)]
 pub enum XmlError {
     #[error("malformed XML at byte {position}: {message}")]
-    Syntax { position: u64, message: String },
+    Syntax { position: u64, message: RemoteText },
     #[error("XML nests deeper than {MAX_DEPTH} elements")]
     TooDeep,
     #[error("XML document has no root element")]
     Empty,
     #[error("expected a <{expected}> document, found <{found}>")]
-    UnexpectedRoot { expected: String, found: String },
+    UnexpectedRoot {
+        expected: &'static str,
+        found: RemoteText,
+    },
     #[error("{path}: required element missing")]
     Missing { path: String },
     #[error("{path}: invalid value {value:?}: {reason}")]
     Invalid {
         path: String,
-        value: String,
+        value: RemoteText,
         reason: &'static str,
     },
+    #[error("more than {limit} {what} in one response")]
+    TooMany { what: &'static str, limit: usize },
 }
 
 /// One element: local name (namespace prefix dropped), text of a leaf, and children.
@@ -83,7 +91,7 @@ pub fn parse_document(xml: &str) -> Result<Element, XmlError> {
     let mut stack: Vec<Element> = Vec::with_capacity(16);
     let syntax = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| XmlError::Syntax {
         position: reader.error_position(),
-        message: e.to_string(),
+        message: RemoteText::new(&e.to_string()),
     };
     loop {
         let event = reader.read_event().map_err(|e| syntax(&reader, &e))?;
@@ -132,7 +140,7 @@ pub fn parse_document(xml: &str) -> Result<Element, XmlError> {
                 return Err(match stack.last() {
                     Some(open) => XmlError::Syntax {
                         position: reader.buffer_position(),
-                        message: format!("document ends inside <{}>", open.name),
+                        message: RemoteText::new(&format!("document ends inside <{}>", open.name)),
                     },
                     None => XmlError::Empty,
                 })
@@ -142,12 +150,12 @@ pub fn parse_document(xml: &str) -> Result<Element, XmlError> {
     }
 }
 
-fn expect_root(xml: &str, expected: &str) -> Result<Element, XmlError> {
+fn expect_root(xml: &str, expected: &'static str) -> Result<Element, XmlError> {
     let root = parse_document(xml)?;
     if root.name != expected {
         return Err(XmlError::UnexpectedRoot {
-            expected: expected.to_string(),
-            found: root.name,
+            expected,
+            found: RemoteText::new(&root.name),
         });
     }
     Ok(root)
@@ -186,15 +194,10 @@ fn check_id(value: &str, prefix: &str, path: &str) -> Result<(), XmlError> {
     } else {
         Err(XmlError::Invalid {
             path: path.to_string(),
-            value: excerpt(value),
+            value: RemoteText::new(value),
             reason: "not an EC2 resource ID of the expected kind",
         })
     }
-}
-
-/// Values quoted in errors are cut short: a hostile server should not fill the logs.
-fn excerpt(value: &str) -> String {
-    value.chars().take(64).collect()
 }
 
 /// One page of DescribeInstances.
@@ -287,6 +290,34 @@ fn trimmed(text: &str) -> Option<String> {
 /// fields berth uses are kept, by their full path from the instance element, so an instance's own
 /// `groupSet` is never confused with its reservation's or a network interface's.
 pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlError> {
+    parse_describe_instances_bounded(xml, &InstanceBounds::default())
+}
+
+/// What [`parse_describe_instances_bounded`] keeps.
+#[derive(Debug, Clone)]
+pub struct InstanceBounds<'a> {
+    /// More instances than this in the page is an error ([`XmlError::TooMany`]), found before
+    /// the extra instance is built: EC2 never sends more than the `MaxResults` asked.
+    pub max_instances: usize,
+    /// Only these tag keys are kept (`None`: every tag). The rest of `tagSet` is skipped, so
+    /// the tags berth does not read cost no memory.
+    pub tag_keys: Option<&'a [&'a str]>,
+}
+
+impl Default for InstanceBounds<'_> {
+    fn default() -> Self {
+        InstanceBounds {
+            max_instances: usize::MAX,
+            tag_keys: None,
+        }
+    }
+}
+
+/// As [`parse_describe_instances`], within `bounds`.
+pub fn parse_describe_instances_bounded(
+    xml: &str,
+    bounds: &InstanceBounds<'_>,
+) -> Result<DescribeInstancesPage, XmlError> {
     let mut reader = Reader::from_str(xml);
     let mut path: Vec<El> = Vec::with_capacity(16);
     let mut text = String::new();
@@ -296,7 +327,7 @@ pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlE
     let (mut reservation, mut in_reservation) = (0usize, 0usize);
     let syntax = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| XmlError::Syntax {
         position: reader.error_position(),
-        message: e.to_string(),
+        message: RemoteText::new(&e.to_string()),
     };
     let at = |r: usize, i: usize| format!("reservationSet/item[{r}]/instancesSet/item[{i}]");
     loop {
@@ -335,7 +366,7 @@ pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlE
             Event::Eof => {
                 return Err(XmlError::Syntax {
                     position: reader.buffer_position(),
-                    message: "document ends inside an element".to_string(),
+                    message: RemoteText::new("document ends inside an element"),
                 })
             }
             _ => continue,
@@ -349,8 +380,8 @@ pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlE
                     _ => String::new(),
                 };
                 return Err(XmlError::UnexpectedRoot {
-                    expected: "DescribeInstancesResponse".to_string(),
-                    found,
+                    expected: "DescribeInstancesResponse",
+                    found: RemoteText::new(&found),
                 });
             }
             if path.len() >= MAX_DEPTH {
@@ -359,6 +390,12 @@ pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlE
             path.push(name);
             text.clear();
             if path[..] == INSTANCE {
+                if instances.len() >= bounds.max_instances {
+                    return Err(XmlError::TooMany {
+                        what: "instances",
+                        limit: bounds.max_instances,
+                    });
+                }
                 draft = Draft::default();
             } else if path.len() == INSTANCE.len() + 2 && path[..INSTANCE.len()] == INSTANCE {
                 match (path[5], path[6]) {
@@ -406,7 +443,13 @@ pub fn parse_describe_instances(xml: &str) -> Result<DescribeInstancesPage, XmlE
                             draft.tags.len()
                         ),
                     })?;
-                    draft.tags.insert(key, std::mem::take(&mut draft.tag_value));
+                    let value = std::mem::take(&mut draft.tag_value);
+                    if bounds
+                        .tag_keys
+                        .map_or(true, |keep| keep.contains(&key.as_str()))
+                    {
+                        draft.tags.insert(key, value);
+                    }
                 }
                 _ => {}
             }
@@ -443,7 +486,7 @@ fn finish(d: Draft, at: &str) -> Result<Instance, XmlError> {
         if ip.parse::<IpAddr>().is_err() {
             return Err(XmlError::Invalid {
                 path: format!("{at}/privateIpAddress"),
-                value: excerpt(ip),
+                value: RemoteText::new(ip),
                 reason: "not an IP address",
             });
         }
@@ -492,12 +535,12 @@ pub fn parse_describe_tags(xml: &str) -> Result<DescribeTagsPage, XmlError> {
     })
 }
 
-/// The error EC2 returned.
+/// The error EC2 returned, every field scrubbed and bounded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsError {
-    pub code: String,
-    pub message: String,
-    pub request_id: Option<String>,
+    pub code: RemoteText,
+    pub message: RemoteText,
+    pub request_id: Option<RemoteText>,
 }
 
 /// Parses `<Response><Errors><Error><Code>..</Code><Message>..</Message></Error></Errors>
@@ -515,22 +558,19 @@ pub fn parse_error(xml: &str) -> Result<AwsError, XmlError> {
         },
         _ => {
             return Err(XmlError::UnexpectedRoot {
-                expected: "Response".into(),
-                found: root.name,
+                expected: "Response",
+                found: RemoteText::new(&root.name),
             })
         }
     };
     let error = error.ok_or_else(|| XmlError::Missing { path: at.into() })?;
     Ok(AwsError {
-        code: required(error, &["Code"], at)?.to_string(),
-        message: error
-            .text_at(&["Message"])
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        code: RemoteText::new(required(error, &["Code"], at)?),
+        message: RemoteText::new(error.text_at(&["Message"]).unwrap_or_default().trim()),
         request_id: optional(&root, &["RequestID"])
             .or_else(|| optional(&root, &["RequestId"]))
-            .or_else(|| optional(&root, &["ResponseMetadata", "RequestId"])),
+            .or_else(|| optional(&root, &["ResponseMetadata", "RequestId"]))
+            .map(|id| RemoteText::new(&id)),
     })
 }
 
@@ -627,7 +667,10 @@ mod tests {
         let e = parse_error(xml).unwrap();
         assert_eq!(e.code, "RequestLimitExceeded");
         assert_eq!(e.message, "Request limit exceeded.");
-        assert_eq!(e.request_id.as_deref(), Some("abc-123"));
+        assert_eq!(
+            e.request_id.as_ref().map(RemoteText::as_str),
+            Some("abc-123")
+        );
     }
 
     #[test]
@@ -638,7 +681,11 @@ mod tests {
                    access credentials</Message><Type>Sender</Type></Error></Errors></ErrorResponse>";
         let e = parse_error(xml).unwrap();
         assert_eq!(e.code, "AuthFailure");
-        assert!(e.message.starts_with("AWS was not able"), "{}", e.message);
+        assert!(
+            e.message.as_str().starts_with("AWS was not able"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.request_id, None);
         let e =
             parse_error("<ErrorResponse><Error><Code>Throttling</Code></Error></ErrorResponse>")

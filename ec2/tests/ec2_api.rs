@@ -666,3 +666,110 @@ fn default_endpoint_is_regional() {
         "https://ec2.us-west-2.amazonaws.com/"
     );
 }
+
+/// A 307 or 302 from "EC2" is not followed: the host the `Location` names receives nothing,
+/// neither the session token nor a replayable signed request.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    for status in [302, 307] {
+        let capture = Server::start(|_| Reply::ok("")).await;
+        let location = format!("{}stolen", capture.url());
+        let server =
+            Server::start(move |_| Reply::status(status, "").with_header("location", &location))
+                .await;
+        let err = client(&server)
+            .describe_instances(&creds(), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Ec2Error::Redirect { status: s, .. } if s == status),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("redirect"), "{err}");
+        assert!(
+            capture.requests().is_empty(),
+            "the capture server got a request"
+        );
+        assert_eq!(server.requests().len(), 1, "a redirect is not retried");
+    }
+}
+
+/// The secret key and session token placed in every field of an error document never reach
+/// the error's text, and a huge field is cut to 256 bytes.
+#[tokio::test]
+async fn error_fields_are_scrubbed_and_bounded() {
+    let planted = format!("{SESSION_TOKEN} {SECRET}");
+    let huge = "x".repeat(100_000);
+    let bodies = [
+        format!(
+            "<Response><Errors><Error><Code>{planted}</Code><Message>{planted}</Message></Error>\
+             </Errors><RequestID>{planted}</RequestID></Response>"
+        ),
+        format!(
+            "<Response><Errors><Error><Code>AuthFailure</Code><Message>{huge}</Message></Error>\
+             </Errors><RequestID>{huge}</RequestID></Response>"
+        ),
+        "<SessTokRootElement0123><Errors/></SessTokRootElement0123>".to_string(),
+    ];
+    for body in bodies {
+        let server = Server::start(move |_| Reply::status(400, body.clone())).await;
+        let err = client(&server)
+            .describe_instances(&creds(), &[])
+            .await
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(
+            !text.contains(SECRET) && !text.contains(SESSION_TOKEN),
+            "{text}"
+        );
+        assert!(text.len() < 2048, "{} bytes", text.len());
+    }
+}
+
+/// EC2 refuses a signature dated more than 15 minutes from its clock. With this host 20
+/// minutes behind, the client reads EC2's `Date`, signs again with EC2's time, and succeeds.
+#[tokio::test]
+async fn clock_skew_is_corrected_from_the_date_header() {
+    let ahead = Duration::from_secs(20 * 60);
+    let server = Server::start(move |req: &Recorded| {
+        let ec2_now = std::time::SystemTime::now() + ahead;
+        let date = httpdate_fmt(ec2_now);
+        let signed = req.header("x-amz-date").unwrap_or_default().to_string();
+        let signed_at = parse_amz_date(&signed);
+        let skew = ec2_now
+            .duration_since(signed_at)
+            .unwrap_or_else(|e| e.duration());
+        if skew > Duration::from_secs(15 * 60) {
+            Reply::status(
+                400,
+                error_document("RequestExpired", "Request has expired."),
+            )
+            .with_header("date", &date)
+        } else {
+            Reply::ok(describe_instances_page(&[], None)).with_header("date", &date)
+        }
+    })
+    .await;
+    let ec2 = client(&server);
+    let instances = ec2.describe_instances(&creds(), &[]).await.unwrap();
+    assert!(instances.is_empty());
+    assert_eq!(server.requests().len(), 2, "one refused, one corrected");
+    let skew = ec2.clock_skew_ms();
+    assert!((19 * 60_000..21 * 60_000).contains(&skew), "{skew} ms");
+}
+
+fn httpdate_fmt(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let odt = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    odt.format(&format).unwrap()
+}
+
+fn parse_amz_date(s: &str) -> std::time::SystemTime {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::PrimitiveDateTime::parse(s, &format)
+        .map(|p| p.assume_utc().into())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}

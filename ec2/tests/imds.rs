@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use berth_ec2::imds::{ImdsClient, ImdsError};
+use berth_ec2::imds::{ImdsClient, ImdsError, BERTH_TAG_KEYS};
 use berth_ec2::retry::{RetryPolicy, Stop};
 use common::{fast_policy, refused_url, Recorded, Reply, Server};
 
@@ -580,7 +580,11 @@ async fn tags_are_listed_then_read() {
         ("meta-data/tags/instance/Name", "node 1"),
     ]);
     let server = serve(&fake).await;
-    let tags = client(&server).tags().await.unwrap().unwrap();
+    let tags = client(&server)
+        .tags(&BERTH_TAG_KEYS)
+        .await
+        .unwrap()
+        .unwrap();
     let expected: BTreeMap<String, String> = [
         ("role", "minion"),
         ("berth:cluster", "demo"),
@@ -591,19 +595,86 @@ async fn tags_are_listed_then_read() {
     .collect();
     assert_eq!(tags, expected);
 
+    // Any other key, even one that is no IMDS tag key, is neither read nor refused.
     fake.set(
         "meta-data/tags/instance",
-        "role\n../../iam/security-credentials",
+        "role\n../../iam/security-credentials\nhas space\na/b\n.\nteam",
     );
-    let err = client(&server).tags().await.unwrap_err().to_string();
-    assert!(err.contains("meta-data/tags/instance/"), "{err}");
+    fake.set("meta-data/tags/instance/team", "x");
+    let tags = client(&server)
+        .tags(&BERTH_TAG_KEYS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tags.keys().collect::<Vec<_>>(), ["role"]);
+    let read: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.path().to_string())
+        .filter(|p| p.starts_with("/latest/meta-data/tags/instance/"))
+        .collect();
+    assert!(
+        read.iter()
+            .all(|p| !p.contains("iam") && !p.ends_with("/team")),
+        "{read:?}"
+    );
+}
+
+/// 20,000 keys, and a listing far over its bound: berth reads its three tags by name, in a
+/// handful of requests, instead of one per key.
+#[tokio::test]
+async fn a_huge_tag_listing_costs_three_requests() {
+    let listing: String = (0..20_000).map(|i| format!("key-{i:05}\n")).collect();
+    let fake = FakeImds::with_items(&[
+        ("meta-data/tags/instance", &listing),
+        ("meta-data/tags/instance/role", "master"),
+    ]);
+    let server = serve(&fake).await;
+    let tags = client(&server)
+        .tags(&BERTH_TAG_KEYS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tags.get("role").map(String::as_str), Some("master"));
+    assert_eq!(tags.len(), 1);
+    let gets = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert!(gets <= 4, "{gets} GETs");
+}
+
+/// A value berth needs over its bound is refused by name; one it does not need is never read.
+#[tokio::test]
+async fn tag_values_are_bounded() {
+    let huge = "m".repeat(1 << 20);
+    let fake = FakeImds::with_items(&[
+        ("meta-data/tags/instance", "other\nrole"),
+        ("meta-data/tags/instance/other", &huge),
+        ("meta-data/tags/instance/role", "minion"),
+    ]);
+    let server = serve(&fake).await;
+    let tags = client(&server)
+        .tags(&BERTH_TAG_KEYS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tags.len(), 1);
+    fake.set("meta-data/tags/instance/role", &huge);
+    let err = client(&server).tags(&BERTH_TAG_KEYS).await.unwrap_err();
+    assert!(err.is_invalid_metadata(), "{err:?}");
+    assert!(
+        matches!(err, ImdsError::TagValueTooLarge { ref key, .. } if key == "role"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn tags_disabled_is_none() {
     let fake = FakeImds::with_items(&[("meta-data/instance-id", "i-0abc")]);
     let server = serve(&fake).await;
-    assert_eq!(client(&server).tags().await.unwrap(), None);
+    assert_eq!(client(&server).tags(&BERTH_TAG_KEYS).await.unwrap(), None);
 }
 
 fn credentials_document(access_key: &str, expires_in: Duration) -> String {
@@ -817,4 +888,62 @@ fn default_endpoints_are_ipv4_then_ipv6() {
         endpoints,
         ["http://169.254.169.254/", "http://[fd00:ec2::254]/"]
     );
+}
+
+/// A token PUT that IMDS reads and never answers (the PUT response hop limit dropped it) is
+/// reported as that, naming the hop limit and the command that raises it.
+#[tokio::test]
+async fn an_unanswered_token_put_names_the_hop_limit() {
+    let server = Server::start(|req: &Recorded| {
+        if req.method == "PUT" {
+            Reply::Stall(Duration::from_secs(30))
+        } else {
+            Reply::status(401, "")
+        }
+    })
+    .await;
+    let policy = RetryPolicy {
+        per_try_timeout: Duration::from_millis(1500),
+        max_attempts: u32::MAX,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        deadline: Duration::from_secs(4),
+    };
+    let client = ImdsClient::new(vec![server.url()], policy);
+    let err = client.get("meta-data/instance-id").await.unwrap_err();
+    assert!(matches!(err, ImdsError::TokenUnanswered { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("hop limit"), "{text}");
+    assert!(
+        text.contains("modify-instance-metadata-options")
+            && text.contains("--http-put-response-hop-limit 2"),
+        "{text}"
+    );
+}
+
+/// IMDS never redirects: a 302 is an error, and the host it names receives nothing (the
+/// request would carry the session token).
+#[tokio::test]
+async fn imds_redirects_are_not_followed() {
+    let capture = Server::start(|_| Reply::ok("")).await;
+    let location = format!("{}latest/meta-data/instance-id", capture.url());
+    let fake = FakeImds::with_items(&[]);
+    let inner = fake.clone();
+    let server = Server::start(move |req: &Recorded| {
+        if req.method == "GET" {
+            Reply::status(302, "").with_header("location", &location)
+        } else {
+            inner.handle(req)
+        }
+    })
+    .await;
+    let err = client(&server)
+        .get("meta-data/instance-id")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ImdsError::Redirect { status: 302, .. }),
+        "{err:?}"
+    );
+    assert!(capture.requests().is_empty());
 }

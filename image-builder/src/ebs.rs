@@ -10,15 +10,22 @@
 //! 429, 5xx, timeouts and broken connections are retried under the client's [`RetryPolicy`];
 //! anything else (a bad checksum, a missing snapshot, refused credentials) fails at once.
 //!
+//! Requests go through berth-ec2's one [`Transport`]: no redirect is followed (EBS never
+//! redirects; a redirected request would carry the session token and a replayable signature),
+//! bodies are bounded, and text from an error answer is a [`RemoteText`], scrubbed of every
+//! secret the process holds.
+//!
 //! Not for: the EC2 side of snapshots (DescribeSnapshots, DeleteSnapshot: see
 //! [`crate::images`]), or deciding which blocks to write (see [`crate::ami`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use berth_ec2::redact::{self, RemoteText};
 use berth_ec2::retry::{self, Attempt, RetryPolicy, Verdict};
 use berth_ec2::sign::{self, Payload};
+use berth_ec2::transport::{classify, Class, Failure, Transport, TransportConfig};
 use berth_ec2::Credentials;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -45,9 +52,9 @@ pub enum EbsError {
     Api {
         action: &'static str,
         status: u16,
-        kind: String,
-        reason: Option<String>,
-        message: String,
+        kind: RemoteText,
+        reason: Option<RemoteText>,
+        message: RemoteText,
     },
     #[error("EBS {action}: {url} answered HTTP {status}")]
     Http {
@@ -62,11 +69,20 @@ pub enum EbsError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("EBS {action}: request to {url} timed out after {after:?}")]
+    #[error("EBS {action}: request to {url}: {failure}")]
     Timeout {
         action: &'static str,
         url: String,
-        after: Duration,
+        failure: Failure,
+    },
+    #[error(
+        "EBS {action}: {url} answered HTTP {status}, a redirect: EBS never redirects, so berth \
+         follows none and sent neither its session token nor a signed request to another host"
+    )]
+    Redirect {
+        action: &'static str,
+        url: String,
+        status: u16,
     },
     #[error("EBS {action}: response from {url} larger than {limit} bytes")]
     TooLarge {
@@ -93,7 +109,7 @@ pub enum EbsError {
     },
 }
 
-fn reason_suffix(reason: &Option<String>) -> String {
+fn reason_suffix(reason: &Option<RemoteText>) -> String {
     reason
         .as_ref()
         .map(|r| format!(" ({r})"))
@@ -117,7 +133,7 @@ impl EbsError {
     /// The EBS error type (`ValidationException`, ...), when EBS sent one.
     pub fn kind(&self) -> Option<&str> {
         match self {
-            EbsError::Api { kind, .. } => Some(kind),
+            EbsError::Api { kind, .. } => Some(kind.as_str()),
             EbsError::GaveUp { last, .. } => last.kind(),
             _ => None,
         }
@@ -179,7 +195,7 @@ pub struct EbsClient {
     endpoint: Url,
     region: String,
     policy: RetryPolicy,
-    http: reqwest::Client,
+    transport: Transport,
     requests: AtomicU64,
 }
 
@@ -203,15 +219,11 @@ impl EbsClient {
     /// A client sending to `endpoint` (production: [`EbsClient::default_endpoint`]), signing for
     /// `region`, each call retried under `policy`.
     pub fn new(endpoint: Url, region: String, policy: RetryPolicy) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("berth-image/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a reqwest client with a static configuration builds");
         EbsClient {
             endpoint,
             region,
             policy,
-            http,
+            transport: Transport::new(TransportConfig::ebs()),
             requests: AtomicU64::new(0),
         }
     }
@@ -464,7 +476,6 @@ impl EbsClient {
         attempt: Attempt,
     ) -> Result<Answer, Verdict<EbsError>> {
         let action = call.action;
-        let started = Instant::now();
         let url = self
             .endpoint
             .join(call.target.trim_start_matches('/'))
@@ -503,54 +514,61 @@ impl EbsClient {
         .map_err(|source| Verdict::Fail(EbsError::Sign { action, source }))?;
         let (parts, _) = request.into_parts();
         let mut req = self
-            .http
+            .transport
             .request(parts.method, url.clone())
             .headers(parts.headers)
             .body(call.body.clone());
         if call.body.is_empty() && call.method != http::Method::GET {
             req = req.header("content-length", "0");
         }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let retry_transport = |source: reqwest::Error| {
-            Verdict::Retry(EbsError::Transport {
+        redact::hold(&call.creds.secret_access_key);
+        if let Some(token) = &call.creds.session_token {
+            redact::hold(token);
+        }
+        let req = req.build().map_err(|source| {
+            Verdict::Fail(EbsError::Transport {
                 action,
                 url: url_text.clone(),
                 source: source.without_url(),
             })
-        };
-        let mut response = match tokio::time::timeout(attempt.timeout, req.send()).await {
-            Err(_) => {
-                return Err(Verdict::Retry(EbsError::Timeout {
-                    action,
-                    url: url_text,
-                    after: attempt.timeout,
-                }))
+        })?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let reply = match self
+            .transport
+            .send(req, attempt.timeout, MAX_RESPONSE)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(failure) => {
+                let url = url_text;
+                return Err(match failure {
+                    Failure::Connect(source) | Failure::Transport(source) => {
+                        Verdict::Retry(EbsError::Transport {
+                            action,
+                            url,
+                            source,
+                        })
+                    }
+                    Failure::Redirect { status } => Verdict::Fail(EbsError::Redirect {
+                        action,
+                        url,
+                        status,
+                    }),
+                    Failure::TooLarge { limit, .. } => {
+                        Verdict::Fail(EbsError::TooLarge { action, url, limit })
+                    }
+                    failure @ Failure::Timeout { .. } => Verdict::Retry(EbsError::Timeout {
+                        action,
+                        url,
+                        failure,
+                    }),
+                });
             }
-            Ok(Err(e)) => return Err(retry_transport(e)),
-            Ok(Ok(r)) => r,
         };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let left = attempt.timeout.saturating_sub(started.elapsed());
-        let body = match tokio::time::timeout(left, read_capped(&mut response)).await {
-            Err(_) => {
-                return Err(Verdict::Retry(EbsError::Timeout {
-                    action,
-                    url: url_text,
-                    after: attempt.timeout,
-                }))
-            }
-            Ok(Err(None)) => {
-                return Err(Verdict::Fail(EbsError::TooLarge {
-                    action,
-                    url: url_text,
-                    limit: MAX_RESPONSE,
-                }))
-            }
-            Ok(Err(Some(e))) => return Err(retry_transport(e)),
-            Ok(Ok(b)) => b,
-        };
-        if (200..300).contains(&status) {
+        let status = reply.status;
+        let headers = reply.headers;
+        let body = reply.body;
+        if classify(status) == Class::Success {
             return Ok(Answer { headers, body });
         }
         let kind = headers
@@ -563,20 +581,21 @@ impl EbsClient {
                 j.get(name)
                     .or_else(|| j.get(name.to_ascii_lowercase()))
                     .and_then(Value::as_str)
-                    .map(|s| s.chars().take(1024).collect::<String>())
+                    .map(str::to_string)
             })
         };
-        let kind =
-            kind.or_else(|| text("__type").map(|t| t.rsplit('#').next().unwrap_or(&t).to_string()));
-        let transient = status == 429 || status >= 500;
+        let kind = kind
+            .or_else(|| text("__type").map(|t| t.rsplit('#').next().unwrap_or(&t).to_string()))
+            .map(|k| RemoteText::new(&k));
+        let transient = classify(status) == Class::Transient;
         let error = match kind {
             Some(kind) => {
                 let retry = transient || THROTTLING.contains(&kind.as_str());
                 let e = EbsError::Api {
                     action,
                     status,
-                    reason: text("Reason"),
-                    message: text("Message").unwrap_or_default(),
+                    reason: text("Reason").map(|r| RemoteText::new(&r)),
+                    message: RemoteText::new(&text("Message").unwrap_or_default()),
                     kind,
                 };
                 return Err(if retry {
@@ -619,24 +638,6 @@ fn parse_json(action: &'static str, body: &[u8]) -> Result<Value, EbsError> {
         action,
         what: format!("the body is not JSON: {e}"),
     })
-}
-
-/// `Err(None)`: larger than [`MAX_RESPONSE`].
-async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_RESPONSE as u64)
-    {
-        return Err(None);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(Some)? {
-        if body.len() + chunk.len() > MAX_RESPONSE {
-            return Err(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]

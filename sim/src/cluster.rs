@@ -186,6 +186,15 @@ pub struct InstanceSpec {
     /// user-data that `user_data` (text) cannot hold. At most one of the two.
     #[serde(default)]
     pub user_data_base64: Option<String>,
+    /// What IMDS answers at `local-hostname` instead of the private DNS name, e.g. the
+    /// space-separated list a VPC with several DHCP domain names gives
+    /// (`ip-172-30-0-43.ec2.internal corp.example.com`).
+    #[serde(default)]
+    pub local_hostname: Option<String>,
+    /// On an IPv6-only subnet: IMDS has no `local-ipv4` (404) and lists an IPv6 address at
+    /// `network/interfaces/macs/<mac>/ipv6s`.
+    #[serde(default)]
+    pub ipv6_only: bool,
 }
 
 impl InstanceSpec {

@@ -8,11 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use crate::faults::Injected;
+use crate::faults::{FaultState, Injected};
 use crate::filter::{self, Filter};
 use crate::http::{Meta, Request, Response, Service};
 use crate::images::{Caller, Store};
@@ -29,6 +28,8 @@ pub(crate) struct Ec2 {
     region: Arc<Region>,
     /// Snapshots and images (shared with the other regions of the account).
     images: Arc<Store>,
+    /// The listener's faults: its clock offset is this endpoint's clock.
+    faults: Arc<FaultState>,
 }
 
 /// An EC2 error: HTTP status, code, message.
@@ -237,8 +238,12 @@ fn binding(action: &str, d: &Describe) -> String {
 }
 
 impl Ec2 {
-    pub fn new(region: Arc<Region>, images: Arc<Store>) -> Self {
-        Ec2 { region, images }
+    pub fn new(region: Arc<Region>, images: Arc<Store>, faults: Arc<FaultState>) -> Self {
+        Ec2 {
+            region,
+            images,
+            faults,
+        }
     }
 
     fn caller(&self) -> Caller<'_> {
@@ -258,7 +263,7 @@ impl Ec2 {
             ));
         };
         if self.region.verify_sigv4 {
-            if let Err(e) = crate::sigv4::verify_for(&self.region, req, SystemTime::now(), "ebs") {
+            if let Err(e) = crate::sigv4::verify_for(&self.region, req, self.faults.now(), "ebs") {
                 let kind = if e.status == 403 || e.status == 401 {
                     "AccessDeniedException:UNAUTHORIZED_ACCOUNT"
                 } else {
@@ -289,7 +294,7 @@ impl Ec2 {
             ));
         }
         if self.region.verify_sigv4 {
-            crate::sigv4::verify(&self.region, req, SystemTime::now())
+            crate::sigv4::verify(&self.region, req, self.faults.now())
                 .map_err(|e| api_err(e.status, e.code, e.message))?;
         }
         let params = params(req);

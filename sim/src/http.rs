@@ -166,18 +166,35 @@ impl Ctx {
                 Ok(ReadOutcome::Closed) => return,
                 Ok(ReadOutcome::Bad(status, why)) => {
                     let resp = Response::text(status, why);
-                    let _ = reader.get_mut().write_all(&serialize(&resp, false)).await;
+                    let _ = reader
+                        .get_mut()
+                        .write_all(&serialize(&resp, false, self.faults.now()))
+                        .await;
                     lingering_close(reader).await;
                     return;
                 }
                 Err(_) => return,
             };
             let meta = self.service.inspect(&req);
-            let plan = self.faults.next_request();
-            if !plan.latency.is_zero() {
-                tokio::time::sleep(plan.latency).await;
+            let path_plan = self.faults.path_plan(&req.method, &req.path);
+            if path_plan.hang {
+                // Read, never answered: wait for the client to give up and close.
+                self.record(&req, &meta, 0);
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut reader, &mut sink).await;
+                return;
             }
-            let (resp, status) = match plan.injected {
+            let plan = self.faults.next_request();
+            let delay = plan.latency + path_plan.delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let injected = if path_plan.not_found {
+                Some(Injected::Fail(404))
+            } else {
+                plan.injected
+            };
+            let (resp, status) = match injected {
                 Some(Injected::Reset) => {
                     self.record(&req, &meta, 0);
                     // SO_LINGER 0 turns the close into a TCP RST: the client sees a reset
@@ -199,7 +216,7 @@ impl Ctx {
             self.record(&req, &meta, status);
             if reader
                 .get_mut()
-                .write_all(&serialize(&resp, keep_alive))
+                .write_all(&serialize(&resp, keep_alive, self.faults.now()))
                 .await
                 .is_err()
                 || !keep_alive
@@ -371,7 +388,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// The whole response in one buffer, so it leaves in one write (see the module comment).
-fn serialize(resp: &Response, keep_alive: bool) -> Vec<u8> {
+fn serialize(resp: &Response, keep_alive: bool, date: SystemTime) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + resp.body.len());
     out.extend_from_slice(
         format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status)).as_bytes(),
@@ -383,7 +400,7 @@ fn serialize(resp: &Response, keep_alive: bool) -> Vec<u8> {
         format!(
             "Content-Length: {}\r\nDate: {}\r\nServer: berth-sim\r\nConnection: {}\r\n\r\n",
             resp.body.len(),
-            httpdate::fmt_http_date(SystemTime::now()),
+            httpdate::fmt_http_date(date),
             if keep_alive { "keep-alive" } else { "close" }
         )
         .as_bytes(),

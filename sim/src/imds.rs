@@ -243,10 +243,14 @@ impl Imds {
             }
             ["ami-id"] => leaf(inst.image_id.clone()),
             ["ami-launch-index"] => leaf(launch_index.to_string()),
-            ["hostname"] | ["local-hostname"] => leaf(inst.private_dns_name.clone()),
+            ["hostname"] | ["local-hostname"] => leaf(
+                inst.local_hostname
+                    .clone()
+                    .unwrap_or_else(|| inst.private_dns_name.clone()),
+            ),
             ["instance-id"] => leaf(inst.id.clone()),
             ["instance-type"] => leaf(inst.instance_type.clone()),
-            ["local-ipv4"] => leaf(inst.private_ip.to_string()),
+            ["local-ipv4"] if !inst.ipv6_only => leaf(inst.private_ip.to_string()),
             ["mac"] => leaf(inst.mac.clone()),
             ["reservation-id"] => leaf(inst.reservation_id.clone()),
             ["security-groups"] => leaf(group_names()),
@@ -272,7 +276,8 @@ impl Imds {
                 ["device-number"] => leaf("0".into()),
                 ["interface-id"] => leaf(inst.eni_id.clone()),
                 ["local-hostname"] => leaf(inst.private_dns_name.clone()),
-                ["local-ipv4s"] => leaf(inst.private_ip.to_string()),
+                ["local-ipv4s"] if !inst.ipv6_only => leaf(inst.private_ip.to_string()),
+                ["ipv6s"] if inst.ipv6_only => leaf(ipv6_of(inst)),
                 ["mac"] => leaf(inst.mac.clone()),
                 ["owner-id"] => leaf(r.account_id.clone()),
                 ["security-group-ids"] => leaf(group_ids()),
@@ -351,6 +356,13 @@ fn error_page(status: u16) -> Response {
         "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Transitional//EN\"\n\t\"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd\">\n<html xmlns=\"http://www.w3.org/1999/xhtml\" xml:lang=\"en\" lang=\"en\">\n <head>\n  <title>{title}</title>\n </head>\n <body>\n  <h1>{title}</h1>\n </body>\n</html>\n"
     );
     Response::new(status, "text/html", body)
+}
+
+/// An instance's IPv6 address on an IPv6-only subnet: the IPv4 one's octets in a documentation
+/// prefix, so it is stable and unique within the region.
+fn ipv6_of(inst: &Instance) -> String {
+    let [a, b, c, d] = inst.private_ip.octets();
+    format!("2001:db8::{a:x}:{b:x}:{c:x}:{d:x}")
 }
 
 fn is_date(s: &str) -> bool {

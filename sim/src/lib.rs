@@ -98,7 +98,11 @@ impl Sim {
         let ec2 = Server::bind(
             spec.ec2_listen.unwrap_or(DEFAULT_LISTEN),
             Listener::Ec2,
-            Arc::new(ec2::Ec2::new(region.clone(), images.clone())),
+            Arc::new(ec2::Ec2::new(
+                region.clone(),
+                images.clone(),
+                ec2_faults.clone(),
+            )),
             ec2_faults.clone(),
             log.clone(),
         )

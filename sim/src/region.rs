@@ -70,6 +70,9 @@ pub(crate) struct Instance {
     /// The access key id of the role credentials currently served.
     current_key: Option<String>,
     pub imds_listen: Option<std::net::SocketAddr>,
+    /// IMDS `local-hostname` when it differs from the private DNS name.
+    pub local_hostname: Option<String>,
+    pub ipv6_only: bool,
 }
 
 impl Instance {
@@ -285,6 +288,8 @@ impl Region {
             explicit_credentials: spec.credentials.clone(),
             current_key: None,
             imds_listen: spec.imds_listen,
+            local_hostname: spec.local_hostname.clone(),
+            ipv6_only: spec.ipv6_only,
             id: id.clone(),
         });
         Ok(id)

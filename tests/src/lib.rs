@@ -5,6 +5,7 @@ pub mod agent;
 pub mod agent_host;
 pub mod dbus;
 pub mod fresh;
+pub mod hostile;
 pub mod moto;
 pub mod nspawn;
 pub mod qemu;

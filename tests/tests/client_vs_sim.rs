@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use berth_ec2::imds::BERTH_TAG_KEYS;
 use berth_ec2::retry::Stop;
 use berth_ec2::{Credentials, Ec2Client, Ec2Error, Filter, ImdsClient, ImdsError, RetryPolicy};
 use berth_sim::{ClusterSpec, InstanceSpec, Listener, RequestRecord, Sim, Target};
@@ -154,7 +155,7 @@ async fn imds_tags_off_falls_back_to_describe_tags() {
     let sim = Sim::start(spec).await.unwrap();
     let imds = imds_client(&sim, "fed-minion", quick());
     assert_eq!(
-        imds.tags().await.unwrap(),
+        imds.tags(&BERTH_TAG_KEYS).await.unwrap(),
         None,
         "tags off: IMDS has no tags/"
     );
@@ -185,7 +186,7 @@ async fn imds_tags_off_falls_back_to_describe_tags() {
     assert_eq!(tags, want);
     // The master still has its tags in IMDS.
     let master_tags = imds_client(&sim, "fed-master", quick())
-        .tags()
+        .tags(&BERTH_TAG_KEYS)
         .await
         .unwrap()
         .unwrap();

@@ -14,6 +14,7 @@ use ostree::glib::{self, variant::ToVariant, Variant, VariantTy};
 use ostree::{MutableTree, ObjectType, Repo};
 
 use crate::inputs::Layer;
+use crate::kind::{Classified, Kind};
 use crate::overlay::{components, Node, STATE_DIR};
 use crate::tree::{self, Entry};
 
@@ -73,6 +74,25 @@ pub enum CommitError {
     SourceDateEpoch { value: String },
     #[error("writing the commit into {repo}: {source}")]
     Write { repo: PathBuf, source: glib::Error },
+}
+
+impl Classified for CommitError {
+    fn kind(&self) -> Kind {
+        match self {
+            CommitError::OpenRepo { .. }
+            | CommitError::BaseRead { .. }
+            | CommitError::Sign { .. }
+            | CommitError::Write { .. } => Kind::Failed,
+            CommitError::BaseMissing { .. }
+            | CommitError::BasePartial { .. }
+            | CommitError::BaseHasState { .. }
+            | CommitError::BadRef { .. }
+            | CommitError::UnderBaseFile { .. }
+            | CommitError::ReplacesBaseDir { .. }
+            | CommitError::SePolicy { .. }
+            | CommitError::SourceDateEpoch { .. } => Kind::Refused,
+        }
+    }
 }
 
 /// GPG signing: key id and an optional GnuPG home directory.

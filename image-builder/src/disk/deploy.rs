@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::kind::{Classified, Kind};
 use ostree::gio;
 use ostree::glib::{self, variant::ToVariant};
 use ostree::{Sysroot, SysrootSimpleWriteDeploymentFlags};
@@ -32,6 +33,19 @@ pub enum DeployError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl Classified for DeployError {
+    fn kind(&self) -> Kind {
+        match self {
+            DeployError::NoSuchRev { .. } => Kind::Refused,
+            DeployError::Sysroot { .. }
+            | DeployError::Pull { .. }
+            | DeployError::Deploy { .. }
+            | DeployError::NoBootEntry { .. }
+            | DeployError::Io { .. } => Kind::Failed,
+        }
+    }
 }
 
 /// A deployed sysroot.

@@ -1,6 +1,7 @@
 //! The agent binary that gets baked in: checked to be an executable ELF before
 //! anything touches the repository, and asked for its version.
 
+use crate::kind::{Classified, Kind};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,17 @@ pub enum AgentError {
     NotExecutable { path: PathBuf, mode: u32 },
     #[error("agent {path}: not an ELF executable (starts with {magic:02x?}, expected 7f 45 4c 46); pass the built berth-agent binary, not a script")]
     NotElf { path: PathBuf, magic: Vec<u8> },
+}
+
+impl Classified for AgentError {
+    fn kind(&self) -> Kind {
+        match self {
+            AgentError::Read { .. }
+            | AgentError::NotRegular { .. }
+            | AgentError::NotExecutable { .. }
+            | AgentError::NotElf { .. } => Kind::Refused,
+        }
+    }
 }
 
 /// A validated agent binary.

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::kind::{Classified, Kind};
 use berth_ec2::{Credentials, ImdsClient, ImdsError};
 
 /// Credentials that expire are resolved again when they expire within this margin: one
@@ -78,6 +79,21 @@ pub enum CredsError {
          (or point AWS_SHARED_CREDENTIALS_FILE at one), or run on an instance with a role"
     )]
     None { path: String },
+}
+
+impl Classified for CredsError {
+    fn kind(&self) -> Kind {
+        match self {
+            // Credentials are looked for after the input was accepted; without them the upload fails.
+            CredsError::PartialEnv { .. }
+            | CredsError::ReadFile { .. }
+            | CredsError::Parse { .. }
+            | CredsError::NoProfile { .. }
+            | CredsError::ProfileField { .. }
+            | CredsError::Imds(_)
+            | CredsError::None { .. } => Kind::Failed,
+        }
+    }
 }
 
 /// What the chain reads from the process: the environment and the home directory. A trait-free

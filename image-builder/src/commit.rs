@@ -14,6 +14,7 @@ use ostree::glib::{self, variant::ToVariant, Variant, VariantTy};
 use ostree::{MutableTree, ObjectType, Repo};
 
 use crate::inputs::Layer;
+use crate::kind::{Classified, Kind};
 use crate::overlay::{components, Node, STATE_DIR};
 use crate::tree::{self, Entry};
 
@@ -75,6 +76,25 @@ pub enum CommitError {
     Write { repo: PathBuf, source: glib::Error },
 }
 
+impl Classified for CommitError {
+    fn kind(&self) -> Kind {
+        match self {
+            CommitError::OpenRepo { .. }
+            | CommitError::BaseRead { .. }
+            | CommitError::Sign { .. }
+            | CommitError::Write { .. } => Kind::Failed,
+            CommitError::BaseMissing { .. }
+            | CommitError::BasePartial { .. }
+            | CommitError::BaseHasState { .. }
+            | CommitError::BadRef { .. }
+            | CommitError::UnderBaseFile { .. }
+            | CommitError::ReplacesBaseDir { .. }
+            | CommitError::SePolicy { .. }
+            | CommitError::SourceDateEpoch { .. } => Kind::Refused,
+        }
+    }
+}
+
 /// GPG signing: key id and an optional GnuPG home directory.
 #[derive(Debug, Clone)]
 pub struct GpgSign {
@@ -134,57 +154,16 @@ pub fn resolve(repo: &Repo, rev: &str) -> Result<Option<String>, glib::Error> {
     Ok(repo.resolve_rev(rev, true)?.map(|s| s.to_string()))
 }
 
+/// Layers `layer` onto the base and moves `req.new_ref` to the new commit, in one libostree
+/// transaction that is aborted on any error. Every refusal comes before the first write.
 pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, CommitError> {
     let repo = open_repo(&req.repo)?;
     ostree::validate_rev(&req.new_ref).map_err(|source| CommitError::BadRef {
         name: req.new_ref.clone(),
         source,
     })?;
-    let base_err = |source| CommitError::BaseRead {
-        base: req.base.clone(),
-        source,
-    };
-    let base = resolve(&repo, &req.base)
-        .map_err(base_err)?
-        .ok_or_else(|| CommitError::BaseMissing {
-            base: req.base.clone(),
-            repo: req.repo.clone(),
-        })?;
-    let (_, state) = repo.load_commit(&base).map_err(base_err)?;
-    if state.contains(ostree::RepoCommitState::PARTIAL) {
-        return Err(CommitError::BasePartial {
-            base: req.base.clone(),
-        });
-    }
-    let info = tree::read_commit(&repo, &base).map_err(base_err)?;
-
-    // Validate against the base tree before writing anything.
-    if tree::lookup(&repo, &info.root, STATE_DIR).map_err(base_err)? != Entry::Missing {
-        return Err(CommitError::BaseHasState {
-            base: req.base.clone(),
-            path: STATE_DIR.into(),
-        });
-    }
-    for (path, node) in layer.overlay.iter() {
-        match tree::lookup(&repo, &info.root, path).map_err(base_err)? {
-            Entry::UnderFile { prefix } => {
-                return Err(CommitError::UnderBaseFile {
-                    path: path.into(),
-                    prefix,
-                })
-            }
-            Entry::Dir(_) if *node != Node::Dir => {
-                return Err(CommitError::ReplacesBaseDir { path: path.into() })
-            }
-            Entry::File(_) if *node == Node::Dir => {
-                return Err(CommitError::UnderBaseFile {
-                    path: path.into(),
-                    prefix: path.into(),
-                })
-            }
-            _ => {}
-        }
-    }
+    let (base, info) = read_base(&repo, req)?;
+    check_overlay(&repo, req, layer, &info)?;
 
     let time = req.time.unwrap_or(info.timestamp);
     let metadata = build_metadata(req, layer, &base, &info.metadata);
@@ -240,6 +219,70 @@ pub fn commit(req: &CommitRequest, layer: &Layer) -> Result<CommitOutcome, Commi
     }
 }
 
+/// Resolves `--base` and reads its commit; refuses a missing or partial one.
+fn read_base(repo: &Repo, req: &CommitRequest) -> Result<(String, tree::CommitInfo), CommitError> {
+    let base_err = |source| CommitError::BaseRead {
+        base: req.base.clone(),
+        source,
+    };
+    let base =
+        resolve(repo, &req.base)
+            .map_err(base_err)?
+            .ok_or_else(|| CommitError::BaseMissing {
+                base: req.base.clone(),
+                repo: req.repo.clone(),
+            })?;
+    let (_, state) = repo.load_commit(&base).map_err(base_err)?;
+    if state.contains(ostree::RepoCommitState::PARTIAL) {
+        return Err(CommitError::BasePartial {
+            base: req.base.clone(),
+        });
+    }
+    let info = tree::read_commit(repo, &base).map_err(base_err)?;
+    Ok((base, info))
+}
+
+/// Refuses a base that holds first-boot state, and an overlay path that would go through a
+/// base file or symlink or replace a base directory.
+fn check_overlay(
+    repo: &Repo,
+    req: &CommitRequest,
+    layer: &Layer,
+    info: &tree::CommitInfo,
+) -> Result<(), CommitError> {
+    let base_err = |source| CommitError::BaseRead {
+        base: req.base.clone(),
+        source,
+    };
+    if tree::lookup(repo, &info.root, STATE_DIR).map_err(base_err)? != Entry::Missing {
+        return Err(CommitError::BaseHasState {
+            base: req.base.clone(),
+            path: STATE_DIR.into(),
+        });
+    }
+    for (path, node) in layer.overlay.iter() {
+        match tree::lookup(repo, &info.root, path).map_err(base_err)? {
+            Entry::UnderFile { prefix } => {
+                return Err(CommitError::UnderBaseFile {
+                    path: path.into(),
+                    prefix,
+                })
+            }
+            Entry::Dir(_) if *node != Node::Dir => {
+                return Err(CommitError::ReplacesBaseDir { path: path.into() })
+            }
+            Entry::File(_) if *node == Node::Dir => {
+                return Err(CommitError::UnderBaseFile {
+                    path: path.into(),
+                    prefix: path.into(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The commit object's fields other than its root tree.
 struct CommitObject<'a> {
     base: &'a str,
@@ -269,49 +312,7 @@ fn write_in_transaction(
     let mut dirmeta_cache = std::collections::HashMap::new();
 
     for (path, node) in layer.overlay.iter() {
-        let comps = components(path);
-        let (leaf, parents) = comps
-            .split_last()
-            .expect("overlay paths are never the root");
-        let mut dir = mtree.clone();
-        let mut sofar = String::new();
-        for name in parents {
-            sofar.push('/');
-            sofar.push_str(name);
-            dir = ensure_dir(repo, &dir, name, &sofar, labeler, &mut dirmeta_cache)
-                .map_err(write_err)?;
-        }
-        match node {
-            Node::Dir => {
-                ensure_dir(repo, &dir, leaf, path, labeler, &mut dirmeta_cache)
-                    .map_err(write_err)?;
-            }
-            Node::File { data, mode } => {
-                let full = libc::S_IFREG | mode;
-                let xattrs = labeler.xattrs(path, full).map_err(write_err)?;
-                let csum = repo
-                    .write_regfile_inline(
-                        None,
-                        0,
-                        0,
-                        full,
-                        xattrs.as_ref(),
-                        data,
-                        gio::Cancellable::NONE,
-                    )
-                    .map_err(write_err)?;
-                dir.replace_file(leaf, &csum).map_err(write_err)?;
-            }
-            Node::Symlink { target } => {
-                let xattrs = labeler
-                    .xattrs(path, libc::S_IFLNK | 0o777)
-                    .map_err(write_err)?;
-                let csum = repo
-                    .write_symlink(None, 0, 0, xattrs.as_ref(), target, gio::Cancellable::NONE)
-                    .map_err(write_err)?;
-                dir.replace_file(leaf, &csum).map_err(write_err)?;
-            }
-        }
+        write_entry(repo, &mtree, path, node, labeler, &mut dirmeta_cache).map_err(write_err)?;
     }
 
     let root = repo
@@ -334,23 +335,76 @@ fn write_in_transaction(
         .map_err(write_err)?
         .to_string();
     if let Some(gpg) = &req.gpg {
-        let homedir = gpg
-            .homedir
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned());
-        repo.sign_commit(
-            &checksum,
-            &gpg.key_id,
-            homedir.as_deref(),
-            gio::Cancellable::NONE,
-        )
-        .map_err(|source| CommitError::Sign {
-            checksum: checksum.clone(),
-            key: gpg.key_id.clone(),
-            source,
-        })?;
+        sign(repo, &checksum, gpg)?;
     }
     Ok(checksum)
+}
+
+/// Writes one overlay entry into `mtree`, creating its parent directories.
+fn write_entry(
+    repo: &Repo,
+    mtree: &MutableTree,
+    path: &str,
+    node: &Node,
+    labeler: &Labeler,
+    dirmeta_cache: &mut std::collections::HashMap<Option<Vec<u8>>, String>,
+) -> Result<(), glib::Error> {
+    let comps = components(path);
+    let (leaf, parents) = comps
+        .split_last()
+        .expect("overlay paths are never the root");
+    let mut dir = mtree.clone();
+    let mut sofar = String::new();
+    for name in parents {
+        sofar.push('/');
+        sofar.push_str(name);
+        dir = ensure_dir(repo, &dir, name, &sofar, labeler, dirmeta_cache)?;
+    }
+    match node {
+        Node::Dir => {
+            ensure_dir(repo, &dir, leaf, path, labeler, dirmeta_cache)?;
+        }
+        Node::File { data, mode } => {
+            let full = libc::S_IFREG | mode;
+            let xattrs = labeler.xattrs(path, full)?;
+            let csum = repo.write_regfile_inline(
+                None,
+                0,
+                0,
+                full,
+                xattrs.as_ref(),
+                data,
+                gio::Cancellable::NONE,
+            )?;
+            dir.replace_file(leaf, &csum)?;
+        }
+        Node::Symlink { target } => {
+            let xattrs = labeler.xattrs(path, libc::S_IFLNK | 0o777)?;
+            let csum =
+                repo.write_symlink(None, 0, 0, xattrs.as_ref(), target, gio::Cancellable::NONE)?;
+            dir.replace_file(leaf, &csum)?;
+        }
+    }
+    Ok(())
+}
+
+/// Signs `checksum` with libostree's GPG support.
+fn sign(repo: &Repo, checksum: &str, gpg: &GpgSign) -> Result<(), CommitError> {
+    let homedir = gpg
+        .homedir
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    repo.sign_commit(
+        checksum,
+        &gpg.key_id,
+        homedir.as_deref(),
+        gio::Cancellable::NONE,
+    )
+    .map_err(|source| CommitError::Sign {
+        checksum: checksum.to_string(),
+        key: gpg.key_id.clone(),
+        source,
+    })
 }
 
 /// Returns the subdirectory `name` of `dir`, creating it root:root 0755

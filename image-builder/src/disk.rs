@@ -4,7 +4,7 @@
 //!
 //! | # | type | file system | holds |
 //! | - | ---- | ----------- | ----- |
-//! | 1 | EFI system | FAT32 `ESP` | systemd-boot (`EFI/BOOT/BOOTX64.EFI`), a copy of the Boot Loader Specification entries, kernels and initramfs images |
+//! | 1 | EFI system | FAT32 `ESP` | systemd-boot (`EFI/BOOT/BOOTX64.EFI`), the UEFI ext4 driver it reads `/boot` with, `loader/loader.conf` |
 //! | 2 | XBOOTLDR (`/boot`) | ext4 `boot` | what libostree wrote to `/boot`: `loader/entries/*.conf`, `ostree/<os>-<bootcsum>/` |
 //! | 3 | root (x86-64) | ext4 `root` | the OSTree sysroot: `ostree/repo`, `ostree/deploy/<os>/{deploy,var}` |
 //!
@@ -15,60 +15,43 @@
 //! container. Identifiers (disk and partition GUIDs, file system UUIDs) are derived from the
 //! commit and the kernel arguments, so the same inputs give the same identifiers.
 //!
+//! One step per module: [`deploy`] (the sysroot), [`esp`] (the bootloader files), [`layout`]
+//! (sizes and partitions), [`gpt`] and [`fs`] (writing them), [`work`] (the work tree, removed on
+//! every exit path).
+//!
 //! Not for: BIOS boot (there is no GRUB here), resizing a disk, or anything per instance: the
 //! stateroot's `/var` is empty, so every instance runs its own first boot.
 
 pub mod deploy;
+pub mod esp;
 pub mod fs;
 pub mod gpt;
+pub mod layout;
+pub mod work;
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use gpt::{Guid, Partition, SECTOR};
+use crate::kind::{Classified, Kind};
+use gpt::{Guid, Partition};
+use layout::{Layout, Usage, MIB};
+use work::WorkTree;
 
 pub use deploy::{DeployError, Deployed};
 
-const MIB: u64 = 1 << 20;
-/// systemd-boot and an ext4 driver take under 1 MiB; FAT32 needs at least 65525 clusters, which
-/// 128 MiB gives, and firmware is most reliable with FAT32.
-const ESP_SIZE: u64 = 128 * MIB;
-/// `/boot` holds the booted deployment's kernel and initramfs plus a staged one during an
-/// upgrade; 512 MiB unless the commit's own are larger than a third of it.
-const BOOT_MIN: u64 = 512 * MIB;
-/// Free room in the root file system on top of the tree, the journal and ext4's metadata when
-/// `--size` is not given: /var grows (journal, container images come later).
-const ROOT_HEADROOM: u64 = 1024 * MIB;
 /// The default stateroot name when the ref does not suggest one.
 pub const DEFAULT_OSNAME: &str = "berth";
-const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-/// UEFI ext4 drivers a commit may carry, by the package that ships them. systemd-boot loads
-/// every `EFI/systemd/drivers/*x64.efi` on its ESP; with one that reads ext4 it finds the
-/// entries and kernels on `/boot` (the XBOOTLDR partition) itself. That is what keeps upgrades
-/// bootable: libostree writes a new deployment's entry and kernel to `/boot` and then deletes
-/// the previous boot version's `/ostree/boot.N` links, so a copy of the old entry on the ESP
-/// would name a path that no longer exists.
-const EXT4_EFI_DRIVERS: &[&str] = &[
-    // Fedora, CentOS Stream: edk2-ext4.
-    "usr/share/edk2/drivers/ext4x64.efi",
-    // Debian, Ubuntu: refind.
-    "usr/share/refind/refind/drivers_x64/ext4_x64.efi",
-    // Arch and others: efifs (its ext2 driver reads ext4).
-    "usr/lib/efifs-x64/ext2.efi",
-];
-/// Where the driver goes on the ESP (systemd-boot wants the architecture suffix).
-const ESP_EXT4_DRIVER: &str = "EFI/systemd/drivers/ext4_x64.efi";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The image file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Raw,
     Qcow2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What boots the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bootloader {
     /// systemd-boot from the commit (`/usr/lib/systemd/boot/efi/systemd-bootx64.efi`) on the
     /// ESP, booted by UEFI firmware.
@@ -85,7 +68,7 @@ pub struct DiskRequest {
     pub rev: String,
     pub out: PathBuf,
     pub format: Format,
-    /// Total size in bytes; `None`: what the tree needs plus [`ROOT_HEADROOM`].
+    /// Total size in bytes; `None`: what the tree needs plus [`layout::ROOT_HEADROOM`].
     pub size: Option<u64>,
     /// Extra kernel arguments, after berth's own.
     pub kargs: Vec<String>,
@@ -129,20 +112,20 @@ pub enum DiskError {
     },
 }
 
-impl DiskError {
-    /// True when the input was refused before anything was written.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
+impl Classified for DiskError {
+    fn kind(&self) -> Kind {
+        match self {
             DiskError::BadSize { .. }
-                | DiskError::TooSmall { .. }
-                | DiskError::BadKarg { .. }
-                | DiskError::BadOsname { .. }
-                | DiskError::BadOut { .. }
-                | DiskError::NoSystemdBoot { .. }
-                | DiskError::NoExt4Driver { .. }
-                | DiskError::Deploy(DeployError::NoSuchRev { .. })
-        )
+            | DiskError::TooSmall { .. }
+            | DiskError::BadKarg { .. }
+            | DiskError::BadOsname { .. }
+            | DiskError::BadOut { .. }
+            | DiskError::NoSystemdBoot { .. }
+            | DiskError::NoExt4Driver { .. } => Kind::Refused,
+            DiskError::Deploy(e) => e.kind(),
+            DiskError::Tool(e) => e.kind(),
+            DiskError::Gpt { .. } | DiskError::Io { .. } => Kind::Failed,
+        }
     }
 }
 
@@ -263,11 +246,7 @@ fn validate(req: &DiskRequest) -> Result<(), DiskError> {
     {
         return Err(DiskError::BadOsname { name: n.clone() });
     }
-    let parent = req
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = out_dir(&req.out);
     if !parent.is_dir() {
         return Err(DiskError::BadOut {
             path: req.out.clone(),
@@ -292,6 +271,16 @@ struct Ids {
     boot_fs: Guid,
     root_fs: Guid,
     esp_volume: String,
+}
+
+impl Ids {
+    fn partitions(&self) -> layout::PartitionGuids {
+        layout::PartitionGuids {
+            esp: self.esp,
+            boot: self.boot,
+            root: self.root,
+        }
+    }
 }
 
 fn ids(commit: &str, kargs: &[String], osname: &str) -> Ids {
@@ -321,107 +310,59 @@ fn ids(commit: &str, kargs: &[String], osname: &str) -> Ids {
     }
 }
 
-/// Bytes and inodes a tree takes in ext4 with 4 KiB blocks (hardlinks counted once).
-#[derive(Debug, Default, Clone, Copy)]
-struct Usage {
-    bytes: u64,
-    inodes: u64,
-}
-
-fn usage(dir: &Path) -> Result<Usage, DiskError> {
-    let mut seen = std::collections::HashSet::new();
-    let mut u = Usage::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(io(&d))?;
-        for e in rd {
-            let e = e.map_err(io(&d))?;
-            let m = e.metadata().map_err(io(&e.path()))?;
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            u.inodes += 1;
-            // Symlinks up to 59 bytes live in the inode; everything else takes whole blocks.
-            let len = if m.file_type().is_symlink() && m.len() < 60 {
-                0
-            } else {
-                m.len()
-            };
-            u.bytes += len.div_ceil(4096) * 4096;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    Ok(u)
-}
-
-/// ext4 size for a tree: the data plus 10% for metadata and the inode tables, a 64 MiB journal,
-/// rounded up to MiB.
-fn ext4_needed(u: Usage) -> u64 {
-    let raw = u.bytes + u.bytes / 10 + u.inodes * 256 + 64 * MIB + 16 * MIB;
-    raw.div_ceil(MIB) * MIB
+/// The trees that become the disk's file systems, inside the work tree.
+struct Trees {
+    /// The sysroot, with an empty `/boot` mount point: the root partition.
+    sysroot: PathBuf,
+    /// What libostree wrote to the sysroot's `/boot`: the `/boot` partition.
+    boot: PathBuf,
+    esp: PathBuf,
 }
 
 /// Builds the disk. Needs root: a sysroot repository is in bare mode (real owners).
+///
+/// Nothing appears at `--out` unless the whole disk was written; the work tree beside it is
+/// removed on every exit path, refusals after the deployment included ([`WorkTree`]).
 pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     validate(req)?;
     let commit = deploy::resolve(&req.repo, &req.rev)?;
-    let parent = req
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // The work tree sits beside the output: same file system, so nothing crosses devices, and
-    // it is removed whatever happens.
-    let work = tempfile::Builder::new()
-        .prefix(".berth-disk-")
-        .tempdir_in(parent)
-        .map_err(io(parent))?;
+    let parent = out_dir(&req.out);
+    let work = WorkTree::new(parent).map_err(io(parent))?;
     let sysroot = work.path().join("sysroot");
     std::fs::create_dir(&sysroot).map_err(io(&sysroot))?;
 
     // The root's UUID goes on the kernel command line, so the identifiers come first; they hash
     // the user's kernel arguments, not berth's own (which contain the UUID).
     let ids = ids(&commit, &req.kargs, &req.osname);
-    let root_uuid = ids.root_fs.to_string();
-    let boot_uuid = ids.boot_fs.to_string();
-    let mut kargs = base_kargs(&root_uuid);
+    let mut kargs = base_kargs(&ids.root_fs.to_string());
     kargs.extend(req.kargs.iter().cloned());
 
     log::info!("deploying {commit} into a fresh sysroot");
     let dep = deploy::deploy(&sysroot, &req.repo, &req.rev, &commit, &req.osname, &kargs)?;
     let dep_root = sysroot.join(&dep.deploy_dir);
-    // What goes on the ESP: systemd-boot and the ext4 driver it reads /boot with.
-    let esp_files = match req.bootloader {
-        Bootloader::None => None,
-        Bootloader::SystemdBoot => {
-            let sd_boot = dep_root.join(SYSTEMD_BOOT_EFI);
-            if !sd_boot.is_file() {
-                return Err(DiskError::NoSystemdBoot {
-                    rev: req.rev.clone(),
-                    path: format!("/{SYSTEMD_BOOT_EFI}"),
-                });
-            }
-            let Some(driver) = EXT4_EFI_DRIVERS
-                .iter()
-                .map(|p| dep_root.join(p))
-                .find(|p| p.is_file())
-            else {
-                return Err(DiskError::NoExt4Driver {
-                    rev: req.rev.clone(),
-                    looked: EXT4_EFI_DRIVERS
-                        .iter()
-                        .map(|p| format!("/{p}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            };
-            Some((sd_boot, driver))
-        }
-    };
+    let boot_files = esp::find(req.bootloader, &dep_root, &req.rev)?;
+    mount_boot(&dep_root, &ids.boot_fs.to_string())?;
+    let trees = split_trees(work.path(), sysroot, boot_files.as_ref())?;
 
-    // The deployment mounts its /boot partition (the initramfs needs only the root).
+    let root_use = layout::usage(&trees.sysroot)?;
+    let boot_use = layout::usage(&trees.boot)?;
+    let layout = layout::plan(req.size, root_use, boot_use, ids.partitions())?;
+    let raw = work.path().join("disk.raw");
+    write_image(&raw, &layout, &ids, &trees, root_use, boot_use)?;
+    install(&raw, req.format, &work.path().join("out"), &req.out)?;
+    Ok(summary(req, commit, dep, &layout, &ids))
+}
+
+/// The directory the output and the work tree go in.
+fn out_dir(out: &Path) -> &Path {
+    out.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Adds the `/boot` partition to the deployment's `/etc/fstab` (the initramfs needs only the
+/// root).
+fn mount_boot(dep_root: &Path, boot_uuid: &str) -> Result<(), DiskError> {
     let fstab = dep_root.join("etc/fstab");
     let mut tab = std::fs::read_to_string(&fstab).unwrap_or_default();
     if !tab.is_empty() && !tab.ends_with('\n') {
@@ -430,159 +371,126 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
     tab.push_str(&format!(
         "# berth-image disk: the Boot Loader Specification's /boot, where libostree writes kernels and entries\nUUID={boot_uuid} /boot ext4 defaults 1 2\n"
     ));
-    std::fs::write(&fstab, tab).map_err(io(&fstab))?;
+    std::fs::write(&fstab, tab).map_err(io(&fstab))
+}
 
-    // /boot becomes its own file system; the root keeps an empty mount point.
-    let bootfs = work.path().join("bootfs");
-    std::fs::rename(sysroot.join("boot"), &bootfs).map_err(io(&bootfs))?;
+/// Moves the sysroot's `/boot` out to become its own file system (the root keeps an empty
+/// mount point) and makes the ESP tree.
+fn split_trees(
+    work: &Path,
+    sysroot: PathBuf,
+    boot_files: Option<&esp::BootFiles>,
+) -> Result<Trees, DiskError> {
+    let boot = work.join("bootfs");
+    std::fs::rename(sysroot.join("boot"), &boot).map_err(io(&boot))?;
     let mp = sysroot.join("boot");
     std::fs::create_dir(&mp).map_err(io(&mp))?;
+    let esp_dir = work.join("esp");
+    esp::fill(&esp_dir, boot_files)?;
+    Ok(Trees {
+        sysroot,
+        boot,
+        esp: esp_dir,
+    })
+}
 
-    // The ESP: the bootloader and the driver it reads /boot with.
-    let esp = work.path().join("esp");
-    if let Some((sd_boot, driver)) = &esp_files {
-        fill_esp(&esp, sd_boot, driver)?;
-    } else {
-        std::fs::create_dir(&esp).map_err(io(&esp))?;
-    }
-
-    let root_use = usage(&sysroot)?;
-    let boot_use = usage(&bootfs)?;
-    let boot_size = BOOT_MIN.max(ext4_needed(boot_use) * 3);
-    let root_needed = ext4_needed(root_use);
-    let fixed = ALIGN_START + ESP_SIZE + boot_size + GPT_TAIL;
-    let needed = fixed + root_needed;
-    let total = match req.size {
-        Some(s) if s < needed => {
-            return Err(DiskError::TooSmall {
-                size: s,
-                needed,
-                needed_mib: needed.div_ceil(MIB),
-            })
-        }
-        Some(s) => s / MIB * MIB,
-        None => (needed + ROOT_HEADROOM).div_ceil(MIB) * MIB,
-    };
-    let esp_first = ALIGN_START / SECTOR;
-    let boot_first = esp_first + ESP_SIZE / SECTOR;
-    let root_first = boot_first + boot_size / SECTOR;
-    // The root ends on a MiB boundary before the backup GPT.
-    let root_last = ((gpt::last_usable(total) + 1) * SECTOR / MIB * MIB) / SECTOR - 1;
-    let parts = vec![
-        Partition {
-            type_guid: gpt::types::ESP,
-            guid: ids.esp,
-            first_lba: esp_first,
-            last_lba: boot_first - 1,
-            name: "ESP".into(),
-        },
-        Partition {
-            type_guid: gpt::types::XBOOTLDR,
-            guid: ids.boot,
-            first_lba: boot_first,
-            last_lba: root_first - 1,
-            name: "boot".into(),
-        },
-        Partition {
-            type_guid: gpt::types::ROOT_X86_64,
-            guid: ids.root,
-            first_lba: root_first,
-            last_lba: root_last,
-            name: "root".into(),
-        },
-    ];
-
-    let raw = match req.format {
-        Format::Raw => work.path().join("disk.raw"),
-        Format::Qcow2 => work.path().join("disk.raw"),
-    };
+/// Writes the partition table and the three file systems into the sparse file `raw`, then
+/// syncs it.
+fn write_image(
+    raw: &Path,
+    layout: &Layout,
+    ids: &Ids,
+    trees: &Trees,
+    root_use: Usage,
+    boot_use: Usage,
+) -> Result<(), DiskError> {
+    let parts = &layout.parts;
     {
-        let mut f = File::create(&raw).map_err(io(&raw))?;
-        f.set_len(total).map_err(io(&raw))?;
-        gpt::write(&mut f, total, ids.disk, &parts).map_err(|source| DiskError::Gpt {
-            path: raw.clone(),
+        let mut f = File::create(raw).map_err(io(raw))?;
+        f.set_len(layout.total).map_err(io(raw))?;
+        gpt::write(&mut f, layout.total, ids.disk, parts).map_err(|source| DiskError::Gpt {
+            path: raw.to_path_buf(),
             source,
         })?;
     }
-    log::info!("writing the file systems ({} MiB disk)", total / MIB);
+    log::info!("writing the file systems ({} MiB disk)", layout.total / MIB);
     fs::Fat {
-        disk: &raw,
+        disk: raw,
         offset: parts[0].offset(),
         size: parts[0].size(),
         label: "ESP",
         volume_id: &ids.esp_volume,
-        dir: &esp,
+        dir: &trees.esp,
     }
     .make()?;
     fs::Ext4 {
-        disk: &raw,
+        disk: raw,
         offset: parts[1].offset(),
         size: parts[1].size(),
         label: "boot",
-        uuid: &boot_uuid,
-        dir: &bootfs,
+        uuid: &ids.boot_fs.to_string(),
+        dir: &trees.boot,
         inodes: (boot_use.inodes * 4).max(4096),
     }
     .make()?;
     fs::Ext4 {
-        disk: &raw,
+        disk: raw,
         offset: parts[2].offset(),
         size: parts[2].size(),
         label: "root",
-        uuid: &root_uuid,
-        dir: &sysroot,
+        uuid: &ids.root_fs.to_string(),
+        dir: &trees.sysroot,
         // Room for the deployments to come (each upgrade adds hardlinks, not inodes, but /var
         // and /etc grow), and never fewer than ext4's usual one inode per 16 KiB.
         inodes: (root_use.inodes * 3).max(parts[2].size() / 16384),
     }
     .make()?;
+    File::open(raw).and_then(|f| f.sync_all()).map_err(io(raw))
+}
 
-    File::open(&raw)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&raw))?;
-    let tmp_out = work.path().join("out");
-    match req.format {
-        Format::Raw => std::fs::rename(&raw, &tmp_out).map_err(io(&tmp_out))?,
-        Format::Qcow2 => qcow2_from_raw(&raw, &tmp_out)?,
+/// Converts `raw` to the requested format at `tmp` (in the work tree), then renames it to
+/// `out`: only a finished disk ever appears there.
+fn install(raw: &Path, format: Format, tmp: &Path, out: &Path) -> Result<(), DiskError> {
+    match format {
+        Format::Raw => std::fs::rename(raw, tmp).map_err(io(tmp))?,
+        Format::Qcow2 => qcow2_from_raw(raw, tmp)?,
     }
-    // Only a finished disk ever appears at --out.
-    std::fs::rename(&tmp_out, &req.out).map_err(io(&req.out))?;
-    // libostree sets the immutable flag on deployment roots; the work tree must be removable.
-    clear_immutable(&sysroot.join(&dep.deploy_dir));
+    std::fs::rename(tmp, out).map_err(io(out))
+}
 
+/// The JSON summary of a finished disk.
+fn summary(
+    req: &DiskRequest,
+    commit: String,
+    dep: Deployed,
+    layout: &Layout,
+    ids: &Ids,
+) -> DiskOutcome {
     let fs_ids = [
         ("vfat", ids.esp_volume.clone()),
-        ("ext4", boot_uuid.clone()),
-        ("ext4", root_uuid.clone()),
+        ("ext4", ids.boot_fs.to_string()),
+        ("ext4", ids.root_fs.to_string()),
     ];
-    Ok(DiskOutcome {
+    DiskOutcome {
         path: req.out.clone(),
         format: match req.format {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
         },
-        size: total,
+        size: layout.total,
         commit,
         osname: req.osname.clone(),
-        deployment: dep.deploy_dir.clone(),
+        deployment: dep.deploy_dir,
         bootloader: match req.bootloader {
             Bootloader::SystemdBoot => "systemd-boot",
             Bootloader::None => "none",
         },
-        partitions: parts
+        partitions: layout
+            .parts
             .iter()
             .zip(fs_ids)
             .enumerate()
-            .map(|(i, (p, (fs, id)))| PartitionInfo {
-                number: i + 1,
-                name: p.name.clone(),
-                type_guid: p.type_guid.to_string(),
-                guid: p.guid.to_string(),
-                offset: p.offset(),
-                size: p.size(),
-                filesystem: fs,
-                fs_id: id,
-            })
+            .map(|(i, (p, (fs, id)))| partition_info(i + 1, p, fs, id))
             .collect(),
         entry: BootEntry {
             file: dep.entry_file,
@@ -590,38 +498,25 @@ pub fn build(req: &DiskRequest) -> Result<DiskOutcome, DiskError> {
             initrd: dep.initrd,
             options: dep.options,
         },
-    })
+    }
 }
 
-/// The first partition starts at 1 MiB.
-const ALIGN_START: u64 = gpt::ALIGN;
-/// The backup GPT (entries and header) plus alignment slack at the end of the disk.
-const GPT_TAIL: u64 = MIB;
-
-/// systemd-boot as the removable-media default (`EFI/BOOT/BOOTX64.EFI`, found without NVRAM
-/// entries, as on a fresh VM or EC2 instance), the ext4 driver it loads, and `loader.conf`.
-/// Nothing it boots lives here: the entries and kernels stay on `/boot`, where libostree keeps
-/// them current.
-fn fill_esp(esp: &Path, sd_boot: &Path, ext4_driver: &Path) -> Result<(), DiskError> {
-    let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(io(p));
-    let copy = |from: &Path, to: &Path| std::fs::copy(from, to).map(|_| ()).map_err(io(from));
-    mkdir(&esp.join("EFI/BOOT"))?;
-    mkdir(&esp.join("EFI/systemd/drivers"))?;
-    copy(sd_boot, &esp.join("EFI/BOOT/BOOTX64.EFI"))?;
-    copy(sd_boot, &esp.join("EFI/systemd/systemd-bootx64.efi"))?;
-    copy(ext4_driver, &esp.join(ESP_EXT4_DRIVER))?;
-    mkdir(&esp.join("loader"))?;
-    let conf = esp.join("loader/loader.conf");
-    // No menu: the newest entry (libostree's default deployment) boots at once; no editor: the
-    // kernel command line is not editable from the console.
-    std::fs::write(&conf, "timeout 0\neditor no\n").map_err(io(&conf))
-}
-
-fn clear_immutable(path: &Path) {
-    let _ = std::process::Command::new("chattr")
-        .arg("-i")
-        .arg(path)
-        .status();
+fn partition_info(
+    number: usize,
+    p: &Partition,
+    filesystem: &'static str,
+    fs_id: String,
+) -> PartitionInfo {
+    PartitionInfo {
+        number,
+        name: p.name.clone(),
+        type_guid: p.type_guid.to_string(),
+        guid: p.guid.to_string(),
+        offset: p.offset(),
+        size: p.size(),
+        filesystem,
+        fs_id,
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Not for: uploading the snapshot's blocks (that is [`crate::ebs`]) or deciding what to do
 //! (that is [`crate::ami`]).
 
+use crate::kind::{Classified, Kind};
 use berth_ec2::{Credentials, Ec2Client, Ec2Error};
 
 /// Why an answer could not be read, naming the action and what was missing.
@@ -14,6 +15,14 @@ pub enum ImagesError {
     Ec2(#[from] Ec2Error),
     #[error("EC2 {action}: cannot parse the response: {what}")]
     Parse { action: &'static str, what: String },
+}
+
+impl Classified for ImagesError {
+    fn kind(&self) -> Kind {
+        match self {
+            ImagesError::Ec2(_) | ImagesError::Parse { .. } => Kind::Failed,
+        }
+    }
 }
 
 /// The AMI settings berth registers.

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::agent::{self, AgentError};
+use crate::kind::{Classified, Kind};
 use crate::overlay::{Node, Overlay, PathError, AGENT_PATH, CONFIG_PATH, PROFILE_DIR};
 use crate::units::{self, UnitError, UnitPlan};
 
@@ -43,6 +44,28 @@ pub enum InputError {
     AddFileNotRegular { path: PathBuf },
     #[error("--agent-version {version}: only letters, digits and . - + _ are allowed")]
     AgentVersion { version: String },
+}
+
+impl Classified for InputError {
+    fn kind(&self) -> Kind {
+        match self {
+            InputError::Agent(e) => e.kind(),
+            InputError::Units(e) => e.kind(),
+            InputError::Path(e) => e.kind(),
+            // The inputs are the user's files: one that cannot be read is refused like a bad one.
+            InputError::Io { .. }
+            | InputError::ProfilesMissing { .. }
+            | InputError::NoProfiles { .. }
+            | InputError::NoManifest { .. }
+            | InputError::BadManifest { .. }
+            | InputError::ProfileEntry { .. }
+            | InputError::ConfigYaml { .. }
+            | InputError::ConfigNotMapping { .. }
+            | InputError::AddFileSyntax { .. }
+            | InputError::AddFileNotRegular { .. }
+            | InputError::AgentVersion { .. } => Kind::Refused,
+        }
+    }
 }
 
 /// Every profile directory holds this manifest (see configs/profiles/).

@@ -8,6 +8,7 @@ use ostree::glib;
 use ostree::Repo;
 
 use crate::commit::{keys, open_repo, resolve, CommitError};
+use crate::kind::{Classified, Kind};
 use crate::overlay::BERTH_ROOTS;
 use crate::tree::{self, Change};
 
@@ -25,6 +26,16 @@ pub enum InspectError {
     },
     #[error("{rev}: reading the repository: {source}")]
     Read { rev: String, source: glib::Error },
+}
+
+impl Classified for InspectError {
+    fn kind(&self) -> Kind {
+        match self {
+            InspectError::Repo(e) => e.kind(),
+            InspectError::Missing { .. } | InspectError::NotBerth { .. } => Kind::Refused,
+            InspectError::Read { .. } => Kind::Failed,
+        }
+    }
 }
 
 /// One layered file or directory as the commit holds it.

@@ -19,6 +19,7 @@ pub mod ebs;
 pub mod images;
 pub mod inputs;
 pub mod inspect;
+pub mod kind;
 pub mod overlay;
 pub mod tree;
 pub mod units;

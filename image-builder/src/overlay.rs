@@ -4,6 +4,7 @@
 //! Pure: no disk, no repository. Everything here is owned by root:root in the
 //! commit; modes are explicit, never the builder's umask or uid.
 
+use crate::kind::{Classified, Kind};
 use std::collections::BTreeMap;
 
 /// The agent keeps its per-instance state here. A commit that carries any of
@@ -59,6 +60,19 @@ pub enum PathError {
     FileAsDir { path: String, parent: String },
     #[error("{path}: mode {mode:o} has bits beyond 0o7777")]
     BadMode { path: String, mode: u32 },
+}
+
+impl Classified for PathError {
+    fn kind(&self) -> Kind {
+        match self {
+            PathError::NotAbsolute { .. }
+            | PathError::BadComponent { .. }
+            | PathError::StateDir { .. }
+            | PathError::Conflict { .. }
+            | PathError::FileAsDir { .. }
+            | PathError::BadMode { .. } => Kind::Refused,
+        }
+    }
 }
 
 /// Normalises an image path: absolute, no `.`/`..`/empty components, and

@@ -5,6 +5,7 @@
 //! `/usr/lib/systemd/system` make the units run on an image that never gets
 //! a preset pass (an OSTree deploy copies `/usr` as is).
 
+use crate::kind::{Classified, Kind};
 use crate::overlay::{Node, Overlay, PathError, PRESET_DIR, UNIT_DIR};
 
 /// The agent's units from `configs/systemd/`, built into berth-image; `--units DIR` overrides
@@ -42,6 +43,19 @@ pub enum UnitError {
     NothingEnabled { units: Vec<String> },
     #[error(transparent)]
     Path(#[from] PathError),
+}
+
+impl Classified for UnitError {
+    fn kind(&self) -> Kind {
+        match self {
+            UnitError::UnknownKind { .. }
+            | UnitError::NotUtf8 { .. }
+            | UnitError::Syntax { .. }
+            | UnitError::NoPreset
+            | UnitError::NothingEnabled { .. } => Kind::Refused,
+            UnitError::Path(e) => e.kind(),
+        }
+    }
 }
 
 /// One unit as berth bakes it.

@@ -16,6 +16,7 @@ use std::process::Command;
 
 use crate::disk::fs::{run, ToolError};
 use crate::disk::qcow2_from_raw;
+use crate::kind::{Classified, Kind};
 
 const GIB: u64 = 1 << 30;
 
@@ -34,9 +35,12 @@ pub enum BoxError {
     },
 }
 
-impl BoxError {
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, BoxError::BadDisk { .. } | BoxError::BadOut { .. })
+impl Classified for BoxError {
+    fn kind(&self) -> Kind {
+        match self {
+            BoxError::BadDisk { .. } | BoxError::BadOut { .. } => Kind::Refused,
+            BoxError::Tool(_) | BoxError::Io { .. } => Kind::Failed,
+        }
     }
 }
 

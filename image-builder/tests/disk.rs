@@ -299,5 +299,14 @@ fn refusals_leave_no_disk() {
         assert_eq!(o.status.code(), Some(3), "{rev} {extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{rev} {extra:?}: {}", stderr(&o));
         assert!(!out.exists(), "{rev} {extra:?} left a disk");
+        // The deployment is written before the size and the bootloader are judged, and
+        // libostree makes its root immutable: the work tree must still be gone.
+        let leftovers: Vec<_> = std::fs::read_dir(fx.dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".berth-disk-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{rev} {extra:?} left {leftovers:?}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::kind::{Classified, Kind};
 use ostree::gio;
 use ostree::glib::{self, variant::ToVariant};
 use ostree::{Sysroot, SysrootSimpleWriteDeploymentFlags};
@@ -32,6 +33,19 @@ pub enum DeployError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl Classified for DeployError {
+    fn kind(&self) -> Kind {
+        match self {
+            DeployError::NoSuchRev { .. } => Kind::Refused,
+            DeployError::Sysroot { .. }
+            | DeployError::Pull { .. }
+            | DeployError::Deploy { .. }
+            | DeployError::NoBootEntry { .. }
+            | DeployError::Io { .. } => Kind::Failed,
+        }
+    }
 }
 
 /// A deployed sysroot.
@@ -91,56 +105,16 @@ pub fn deploy(
     osname: &str,
     kargs: &[String],
 ) -> Result<Deployed, DeployError> {
-    use std::os::unix::fs::PermissionsExt;
-    let sys_err = |step: &'static str| {
-        let path = sysroot_dir.to_path_buf();
-        move |source| DeployError::Sysroot {
-            path: path.clone(),
-            step,
-            source,
-        }
-    };
-    for (d, mode) in TOP_DIRS {
-        let p = sysroot_dir.join(d);
-        std::fs::create_dir_all(&p)
-            .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)))
-            .map_err(|source| DeployError::Io { path: p, source })?;
-    }
-    let sysroot = Sysroot::new(Some(&gio::File::for_path(sysroot_dir)));
-    sysroot
-        .ensure_initialized(gio::Cancellable::NONE)
-        .map_err(sys_err("init-fs"))?;
-    sysroot
-        .load(gio::Cancellable::NONE)
-        .map_err(sys_err("load"))?;
-    sysroot
-        .init_osname(osname, gio::Cancellable::NONE)
-        .map_err(sys_err("os-init"))?;
+    let sysroot = init(sysroot_dir, osname)?;
     let commit = commit.to_string();
     let is_ref = commit != rev;
 
-    // pull-local: a file:// URL makes libostree import objects directly from the repo.
-    let dest = sysroot.repo();
-    // The sysroot is a scratch tree that becomes a file system image; syncing each of its
-    // tens of thousands of objects would only wait on the build machine's disk (the image file
-    // itself is synced once, at the end).
-    dest.set_disable_fsync(true);
-    let url = format!("file://{}", absolute(repo).display());
-    let refs: Vec<&str> = vec![if is_ref { rev } else { commit.as_str() }];
-    let opts = glib::VariantDict::new(None);
-    opts.insert_value("refs", &refs.to_variant());
-    opts.insert_value(
-        "flags",
-        &(ostree::RepoPullFlags::NONE.bits() as i32).to_variant(),
-    );
-    opts.insert_value("gpg-verify", &false.to_variant());
-    opts.insert_value("gpg-verify-summary", &false.to_variant());
-    dest.pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
-        .map_err(|source| DeployError::Pull {
-            repo: repo.to_path_buf(),
-            rev: rev.to_string(),
-            source,
-        })?;
+    pull_local(
+        &sysroot,
+        repo,
+        rev,
+        if is_ref { rev } else { commit.as_str() },
+    )?;
 
     let origin = sysroot.origin_new_from_refspec(if is_ref { rev } else { &commit });
     let kargs: Vec<&str> = kargs.iter().map(String::as_str).collect();
@@ -186,6 +160,64 @@ pub fn deploy(
         options,
         entry_file,
     })
+}
+
+/// `ostree admin init-fs` and `os-init`: the top directories, the sysroot's repository and the
+/// stateroot `osname`.
+fn init(sysroot_dir: &Path, osname: &str) -> Result<Sysroot, DeployError> {
+    use std::os::unix::fs::PermissionsExt;
+    let sys_err = |step: &'static str| {
+        let path = sysroot_dir.to_path_buf();
+        move |source| DeployError::Sysroot {
+            path: path.clone(),
+            step,
+            source,
+        }
+    };
+    for (d, mode) in TOP_DIRS {
+        let p = sysroot_dir.join(d);
+        std::fs::create_dir_all(&p)
+            .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)))
+            .map_err(|source| DeployError::Io { path: p, source })?;
+    }
+    let sysroot = Sysroot::new(Some(&gio::File::for_path(sysroot_dir)));
+    sysroot
+        .ensure_initialized(gio::Cancellable::NONE)
+        .map_err(sys_err("init-fs"))?;
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .map_err(sys_err("load"))?;
+    sysroot
+        .init_osname(osname, gio::Cancellable::NONE)
+        .map_err(sys_err("os-init"))?;
+    Ok(sysroot)
+}
+
+/// `ostree pull-local`: `refspec` (the ref, or the commit) from `repo` into the sysroot's
+/// repository.
+fn pull_local(sysroot: &Sysroot, repo: &Path, rev: &str, refspec: &str) -> Result<(), DeployError> {
+    // A file:// URL makes libostree import objects directly from the repo.
+    let dest = sysroot.repo();
+    // The sysroot is a scratch tree that becomes a file system image; syncing each of its
+    // tens of thousands of objects would only wait on the build machine's disk (the image file
+    // itself is synced once, at the end).
+    dest.set_disable_fsync(true);
+    let url = format!("file://{}", absolute(repo).display());
+    let refs: Vec<&str> = vec![refspec];
+    let opts = glib::VariantDict::new(None);
+    opts.insert_value("refs", &refs.to_variant());
+    opts.insert_value(
+        "flags",
+        &(ostree::RepoPullFlags::NONE.bits() as i32).to_variant(),
+    );
+    opts.insert_value("gpg-verify", &false.to_variant());
+    opts.insert_value("gpg-verify-summary", &false.to_variant());
+    dest.pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+        .map_err(|source| DeployError::Pull {
+            repo: repo.to_path_buf(),
+            rev: rev.to_string(),
+            source,
+        })
 }
 
 fn find_entry(dir: &Path) -> Result<Option<String>, DeployError> {

@@ -2,6 +2,7 @@
 //! without loop devices: `mke2fs -d` for ext4 (it keeps hardlinks, ownership, modes and
 //! xattrs), `mkfs.fat --offset` and mtools for the EFI system partition.
 
+use crate::kind::{Classified, Kind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,6 +26,16 @@ pub enum ToolError {
         tool: &'static str,
         source: std::io::Error,
     },
+}
+
+impl Classified for ToolError {
+    fn kind(&self) -> Kind {
+        match self {
+            ToolError::Missing { .. } | ToolError::Failed { .. } | ToolError::Spawn { .. } => {
+                Kind::Failed
+            }
+        }
+    }
 }
 
 /// Which package provides each tool, for the error that says what to install.

@@ -6,6 +6,7 @@
 //! the entry array. Reading is provided too, so tests and callers can find the partitions of a
 //! disk berth made (or any GPT disk with 512-byte sectors).
 
+use crate::kind::{Classified, Kind};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 pub const SECTOR: u64 = 512;
@@ -146,6 +147,14 @@ pub enum GptError {
         lo: u64,
         hi: u64,
     },
+}
+
+impl Classified for GptError {
+    fn kind(&self) -> Kind {
+        match self {
+            GptError::Io(_) | GptError::NotGpt(_) | GptError::DoesNotFit { .. } => Kind::Failed,
+        }
+    }
 }
 
 /// Writes a protective MBR and both GPT headers and entry arrays into `disk`, which must already

@@ -237,6 +237,14 @@ async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
 async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut H) -> ExitCode {
     let root = opts.root.clone();
     let mut agent = Agent::new(opts);
+    // The crash-safety tests' hook: abort right after the Nth host-changing step of a run (each
+    // file's rename, the reload, each unit operation), as a power cut would.
+    if let Some(n) = std::env::var("BERTH_CRASH_AT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        agent = agent.with_step_hook(berth_agent::run::abort_after(n));
+    }
     let mut ready_sent = false;
     // Registered before the first convergence: a SIGTERM that arrives while a run is under way
     // (systemd sends one right after the upgrade's reboot request) is kept for the wait below.

@@ -234,15 +234,16 @@ async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
     }
 }
 
+/// `BERTH_CRASH_AT=N`, the crash-safety tests' hook: abort right after the Nth host-changing
+/// step of a run (each file's rename, the reload, each unit operation), as a power cut would.
+fn crash_at() -> Option<u32> {
+    std::env::var("BERTH_CRASH_AT").ok()?.parse().ok()
+}
+
 async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut H) -> ExitCode {
     let root = opts.root.clone();
     let mut agent = Agent::new(opts);
-    // The crash-safety tests' hook: abort right after the Nth host-changing step of a run (each
-    // file's rename, the reload, each unit operation), as a power cut would.
-    if let Some(n) = std::env::var("BERTH_CRASH_AT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(n) = crash_at() {
         agent = agent.with_step_hook(berth_agent::run::abort_after(n));
     }
     let mut ready_sent = false;

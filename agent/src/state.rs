@@ -398,6 +398,66 @@ mod tests {
         assert!(other.since > 5);
     }
 
+    #[test]
+    fn nothing_yet_is_not_an_error_and_an_unreadable_file_is() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(LastRun::load(d.path()).unwrap(), None);
+        assert_eq!(State::load_current(d.path()).unwrap(), None);
+        let new = State::load(d.path(), "i-0abc").unwrap();
+        assert_eq!((new.format, new.instance_id.as_str()), (FORMAT, "i-0abc"));
+
+        // Directories where the files should be: reading them fails with EISDIR.
+        let dir = d.path().join("var/lib/berth");
+        std::fs::create_dir_all(dir.join("last-run.json")).unwrap();
+        std::fs::create_dir_all(dir.join("current")).unwrap();
+        std::fs::create_dir_all(dir.join("i-0abc/state.json")).unwrap();
+        assert!(matches!(
+            LastRun::load(d.path()),
+            Err(StateError::Read { .. })
+        ));
+        assert!(matches!(
+            State::current(d.path()),
+            Err(StateError::Read { .. })
+        ));
+        assert!(matches!(
+            State::load_current(d.path()),
+            Err(StateError::Read { .. })
+        ));
+        assert!(matches!(
+            State::load(d.path(), "i-0abc"),
+            Err(StateError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn a_state_of_another_instance_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = State::load(d.path(), "i-0abc").unwrap();
+        s.save(d.path()).unwrap();
+        let from = d.path().join("var/lib/berth/i-0abc");
+        let to = d.path().join("var/lib/berth/i-0def");
+        std::fs::rename(from, to).unwrap();
+        assert!(matches!(
+            State::load(d.path(), "i-0def"),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn last_run_keeps_the_first_since_whatever_the_new_record_says() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = LastRun {
+            outcome: "converged".into(),
+            since: 5,
+            ..LastRun::default()
+        };
+        r.save(d.path()).unwrap();
+        let mut again = LastRun { since: 7, ..r };
+        again.save(d.path()).unwrap();
+        assert_eq!(again.since, 5);
+        assert_eq!(LastRun::load(d.path()).unwrap().unwrap().since, 5);
+    }
+
     fn fixture(name: &str, instance_id: &str) -> State {
         let d = tempfile::tempdir().unwrap();
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))

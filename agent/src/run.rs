@@ -685,3 +685,137 @@ fn upgrade_inputs<'a>(state: &'a State, config: &Config, boot_id: &'a str) -> Up
         previous: state.previous_upgrade(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpgradeFailure;
+    use crate::host::rpmostree::RpmOstreeError;
+    use crate::lifecycle::UpgradeOutcome as Recorded;
+
+    /// A host whose upgrade answers as scripted, counting the upgrade and reboot requests.
+    struct Scripted {
+        answer: fn() -> Result<UpgradeOutcome, HostError>,
+        upgrades: u32,
+        reboots: u32,
+    }
+
+    impl Host for Scripted {
+        async fn reload(&mut self) -> Result<(), HostError> {
+            Ok(())
+        }
+        async fn unit_op(&mut self, _: &str, _: UnitOp) -> Result<(), HostError> {
+            Ok(())
+        }
+        async fn upgrade_os(&mut self) -> Result<UpgradeOutcome, HostError> {
+            self.upgrades += 1;
+            (self.answer)()
+        }
+        async fn reboot(&mut self) -> Result<(), HostError> {
+            self.reboots += 1;
+            Ok(())
+        }
+    }
+
+    fn not_booted() -> Result<UpgradeOutcome, HostError> {
+        Err(HostError::RpmOstree(RpmOstreeError::NotBooted {
+            path: "/".into(),
+        }))
+    }
+
+    fn staged() -> Result<UpgradeOutcome, HostError> {
+        Ok(UpgradeOutcome::Staged {
+            from: "a".into(),
+            to: "b".into(),
+        })
+    }
+
+    /// `upgrade_step` of one run in `boot`, and the state as saved.
+    fn step(
+        dir: &Path,
+        host: &mut Scripted,
+        on_failure: UpgradeFailure,
+        boot: &str,
+    ) -> (Result<bool, RunError>, State) {
+        let mut agent = Agent::new(Options {
+            root: dir.to_path_buf(),
+            imds_endpoints: vec![],
+            ec2_endpoint: None,
+            host_actions: true,
+        });
+        let config = Config {
+            upgrade: true,
+            upgrade_failure: on_failure,
+            ..Config::default()
+        };
+        let mut state = State::load(dir, "i-0abc").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(agent.upgrade_step(host, &mut state, &config, boot));
+        (r, State::load(dir, "i-0abc").unwrap())
+    }
+
+    #[test]
+    fn a_blocked_upgrade_keeps_the_hosts_error_and_is_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = Scripted {
+            answer: not_booted,
+            upgrades: 0,
+            reboots: 0,
+        };
+        let (r, saved) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        let e = r.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                RunError::UpgradeBlocked(HostError::RpmOstree(RpmOstreeError::NotBooted { .. }))
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.exit_code(), exit::HOST);
+        assert!(e.to_string().contains("upgrade_failure: continue"), "{e}");
+        assert_eq!(saved.phase, Phase::UpgradeFailed);
+        assert_eq!(saved.upgrade.as_ref().unwrap().outcome, Recorded::Failed);
+        assert!(saved.last_error.is_some());
+        // The next run tries again.
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        assert!(r.is_err());
+        assert_eq!(host.upgrades, 2);
+        assert_eq!(host.reboots, 0);
+    }
+
+    #[test]
+    fn a_failed_upgrade_under_continue_configures() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = Scripted {
+            answer: not_booted,
+            upgrades: 0,
+            reboots: 0,
+        };
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Continue, "b1");
+        assert!(!r.unwrap());
+    }
+
+    #[test]
+    fn a_staged_deployment_is_rebooted_into_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = Scripted {
+            answer: staged,
+            upgrades: 0,
+            reboots: 0,
+        };
+        let (r, saved) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        assert!(r.unwrap(), "a reboot was requested");
+        assert_eq!(saved.phase, Phase::UpgradeRequested);
+        let u = saved.upgrade.unwrap();
+        assert_eq!((u.outcome, u.reboot_requested), (Recorded::Staged, true));
+        // The reboot did not come: this boot configures, without a second request.
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        assert!(!r.unwrap());
+        // The next boot configures, without upgrading again.
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Block, "b2");
+        assert!(!r.unwrap());
+        assert_eq!((host.upgrades, host.reboots), (1, 1));
+    }
+}

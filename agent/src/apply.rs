@@ -54,7 +54,9 @@ pub fn read_host_files(root: &Path, paths: &[String]) -> Result<HostFiles, FileE
     Ok(files)
 }
 
-/// Writes every changed file of the plan, calling `after_each` for each file put in place.
+/// Writes every changed file of the plan, calling `after_each` with the file's host path right
+/// after its rename (or removal) and before the next one: the run counts its crash points there
+/// (`BERTH_CRASH_AT`, see `run::StepHook`). Returns how many files were put in place or removed.
 ///
 /// The batch is atomic per file and durable as a whole, with two filesystem syncs instead of two
 /// per file: every new content goes to a temporary file beside its target, one `syncfs` makes
@@ -371,6 +373,59 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.contains(".berth-")), "{names:?}");
+    }
+
+    /// The callback is the crash point of each file: when it runs for a file, that file and the
+    /// ones before it are in place and the ones after it are not yet.
+    #[test]
+    fn after_each_runs_between_two_renames() {
+        use crate::config::Role;
+        use crate::plan::FilePlan;
+        let d = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            write_atomic(&d.path().join("etc").join(name), b"old", 0o644).unwrap();
+        }
+        let file = |path: &str| FilePlan {
+            path: path.into(),
+            action: FileAction::Update,
+            mode: "0644".into(),
+            sha256: None,
+            restarts: vec![],
+            content: Some(b"new".to_vec()),
+        };
+        let plan = Plan {
+            instance_id: "i-1".into(),
+            node: "n".into(),
+            role: Role::Minion,
+            profile: "p".into(),
+            files: vec![file("/etc/a"), file("/etc/b"), file("/etc/c")],
+            reload: false,
+            units: vec![],
+        };
+        let mut seen = Vec::new();
+        apply_files(d.path(), &plan, |p| {
+            let now: Vec<Vec<u8>> = ["a", "b", "c"]
+                .iter()
+                .map(|n| fs::read(d.path().join("etc").join(n)).unwrap())
+                .collect();
+            seen.push((p.to_string(), now));
+        })
+        .unwrap();
+        let (new, old) = (b"new".to_vec(), b"old".to_vec());
+        assert_eq!(
+            seen,
+            [
+                (
+                    "/etc/a".to_string(),
+                    vec![new.clone(), old.clone(), old.clone()]
+                ),
+                (
+                    "/etc/b".to_string(),
+                    vec![new.clone(), new.clone(), old.clone()]
+                ),
+                ("/etc/c".to_string(), vec![new.clone(), new.clone(), new]),
+            ]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod host;
 pub mod hosts;
+pub mod lifecycle;
 pub mod logging;
 pub mod notify;
 pub mod plan;

@@ -234,9 +234,18 @@ async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
     }
 }
 
+/// `BERTH_CRASH_AT=N`, the crash-safety tests' hook: abort right after the Nth host-changing
+/// step of a run (each file's rename, the reload, each unit operation), as a power cut would.
+fn crash_at() -> Option<u32> {
+    std::env::var("BERTH_CRASH_AT").ok()?.parse().ok()
+}
+
 async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut H) -> ExitCode {
     let root = opts.root.clone();
     let mut agent = Agent::new(opts);
+    if let Some(n) = crash_at() {
+        agent = agent.with_step_hook(berth_agent::run::abort_after(n));
+    }
     let mut ready_sent = false;
     // Registered before the first convergence: a SIGTERM that arrives while a run is under way
     // (systemd sends one right after the upgrade's reboot request) is kept for the wait below.

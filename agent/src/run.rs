@@ -11,9 +11,10 @@ use berth_ec2::ImdsError;
 use url::Url;
 
 use crate::apply::{self, host_path, FileError};
-use crate::config::{Config, ConfigError, Layer, Role, UpgradeFailure};
+use crate::config::{Config, ConfigError, Layer, Role};
 use crate::discovery::{self, Condition, Me, Membership, Node};
 use crate::host::{Host, HostError, UnitOp, UpgradeOutcome};
+use crate::lifecycle::{self, Action, HostUpgrade, UpgradeInputs, Why};
 use crate::plan::{self, Plan, PlanError};
 use crate::profile::{Profile, ProfileError};
 use crate::sources::{Remote, SourceError, Sources, TagSource};
@@ -85,7 +86,7 @@ pub enum RunError {
          the next run tries again (set `upgrade_failure: continue` to configure the booted \
          deployment instead)"
     )]
-    UpgradeBlocked(String),
+    UpgradeBlocked(HostError),
     #[error("{0}")]
     NotReady(Condition),
     #[error(transparent)]
@@ -167,11 +168,41 @@ pub struct PlanReport {
     pub units: Vec<plan::UnitPlan>,
 }
 
+/// Called after each host-changing step of a run with the step's number (from 1) and what it
+/// was: each file put in place or removed, the daemon-reload, each unit operation.
+pub type StepHook = Box<dyn FnMut(u32, &str) + Send>;
+
+/// The host-changing steps of one run, and the hook told of each.
+struct Steps {
+    done: u32,
+    hook: Option<StepHook>,
+}
+
+impl Steps {
+    fn after(&mut self, what: &str) {
+        self.done += 1;
+        log::debug!("step {}: {what}", self.done);
+        if let Some(hook) = self.hook.as_mut() {
+            hook(self.done, what);
+        }
+    }
+}
+
+/// A step hook that aborts the process right after step `n`, as a power cut would: how the
+/// crash-safety tests (`BERTH_CRASH_AT=N`) interrupt a run between two writes.
+pub fn abort_after(n: u32) -> StepHook {
+    Box::new(move |done, what| {
+        if done == n {
+            log::error!("BERTH_CRASH_AT={n}: aborting after {what}");
+            std::process::abort();
+        }
+    })
+}
+
 pub struct Agent {
     pub opts: Options,
     pub remote: Remote,
-    crash_at: Option<u32>,
-    steps: u32,
+    steps: Steps,
     last_config: Option<Config>,
     /// This instance's id, once IMDS said it.
     instance_id: Option<String>,
@@ -184,21 +215,24 @@ pub struct Agent {
 impl Agent {
     pub fn new(opts: Options) -> Agent {
         let remote = Remote::new(opts.imds_endpoints.clone(), opts.ec2_endpoint.clone());
-        // A test hook for crash safety: abort right after the Nth host-changing step of the run
-        // (each file, the reload, each unit operation), as a power cut would.
-        let crash_at = std::env::var("BERTH_CRASH_AT")
-            .ok()
-            .and_then(|s| s.parse().ok());
         Agent {
             opts,
             remote,
-            crash_at,
-            steps: 0,
+            steps: Steps {
+                done: 0,
+                hook: None,
+            },
             last_config: None,
             instance_id: None,
             notes: Vec::new(),
             logged_notes: BTreeSet::new(),
         }
+    }
+
+    /// Calls `hook` after each host-changing step of every run (see [`StepHook`]).
+    pub fn with_step_hook(mut self, hook: StepHook) -> Agent {
+        self.steps.hook = Some(hook);
+        self
     }
 
     /// This instance's id, once a run got it from IMDS.
@@ -247,15 +281,6 @@ impl Agent {
 
     fn root(&self) -> &Path {
         &self.opts.root
-    }
-
-    fn step(&mut self, what: &str) {
-        self.steps += 1;
-        log::debug!("step {}: {what}", self.steps);
-        if self.crash_at == Some(self.steps) {
-            log::error!("BERTH_CRASH_AT={}: aborting after {what}", self.steps);
-            std::process::abort();
-        }
     }
 
     /// Sources, config and profile: everything that can be wrong with the input, checked before
@@ -380,7 +405,11 @@ impl Agent {
     pub async fn plan(&mut self) -> Result<PlanReport, RunError> {
         let (sources, config, profile, role) = self.inputs().await?;
         let state = State::load(self.root(), &sources.identity.instance_id)?;
-        let upgrade = upgrade_preview(&state, &config, &self.boot_id());
+        let boot_id = self.boot_id();
+        let upgrade = lifecycle::preview(
+            &upgrade_inputs(&state, &config, &boot_id),
+            state.upgrade.as_ref().and_then(|r| r.detail.as_deref()),
+        );
         let ctx = self.context(sources, config, profile, role).await?;
         let mut report = PlanReport {
             instance_id: ctx.node.instance_id.clone(),
@@ -413,7 +442,7 @@ impl Agent {
 
     /// One convergence of the node.
     pub async fn converge<H: Host>(&mut self, host: &mut H) -> Result<Outcome, RunError> {
-        self.steps = 0;
+        self.steps.done = 0;
         let (sources, config, profile, role) = self.inputs().await?;
         let root = self.opts.root.clone();
         let mut state = State::load(&root, &sources.identity.instance_id)?;
@@ -450,9 +479,7 @@ impl Agent {
             Ok(p) => p,
             Err(RunError::NotReady(c)) => {
                 log::warn!("{c}");
-                state.phase = Phase::Waiting;
-                state.condition = Some(c.to_string());
-                state.membership = Some(ctx.membership.clone());
+                state.wait(c.to_string(), ctx.membership.clone());
                 state.save(&root)?;
                 return Err(RunError::NotReady(c));
             }
@@ -499,9 +526,10 @@ impl Agent {
         // Remember the restarts before touching a file: a crash after the write would otherwise
         // leave a unit running with its old configuration, and the next run would see no change.
         state.pending_restarts.extend(restarts.iter().cloned());
-        state.phase = Phase::Applying;
-        state.membership = Some(ctx.membership.clone());
-        state.condition = Some(ctx.membership.condition().to_string());
+        state.start_apply(
+            ctx.membership.clone(),
+            ctx.membership.condition().to_string(),
+        );
         if changed_before {
             state.save(&root)?;
         }
@@ -518,17 +546,16 @@ impl Agent {
         dirs.push(state_dir);
         apply::remove_stale_temps(dirs.iter().map(PathBuf::as_path));
 
-        let mut written = Vec::new();
-        apply::apply_files(&root, plan, |p| written.push(p.to_string()))?;
-        for p in &written {
+        // Each file is a step of its own, counted right after its rename: a crash between two
+        // renames leaves some files new and the rest old, which the next run finishes.
+        let steps = &mut self.steps;
+        let files_changed = apply::apply_files(&root, plan, |p| {
             log::info!("wrote {p}");
-        }
-        for p in &written {
-            self.step(&format!("file {p}"));
-        }
+            steps.after(&format!("file {p}"));
+        })?;
         if plan.reload {
             host.reload().await?;
-            self.step("daemon-reload");
+            self.steps.after("daemon-reload");
         }
         for u in &plan.units {
             for op in &u.actions {
@@ -542,18 +569,15 @@ impl Agent {
                         state.save(&root)?;
                     }
                 }
-                self.step(&format!("{op} {}", u.unit));
+                self.steps.after(&format!("{op} {}", u.unit));
             }
         }
-        state.phase = Phase::Converged;
-        state.last_error = None;
-        state.last_plan = Some(plan.clone());
-        state.runs += 1;
+        state.converge(plan.clone());
         if changed_before {
             state.save(&root)?;
         }
         Ok(Outcome::Converged {
-            files_changed: written.len(),
+            files_changed,
             restarts,
             members: ctx.membership.nodes.len(),
             instances_seen: ctx.instances_seen,
@@ -561,7 +585,8 @@ impl Agent {
         })
     }
 
-    /// The OS upgrade, once per instance. Returns true when a reboot was requested.
+    /// The OS upgrade, once per instance ([`lifecycle::decide`], then [`lifecycle::upgraded`]
+    /// with the host's answer). Returns true when a reboot was requested.
     async fn upgrade_step<H: Host>(
         &mut self,
         host: &mut H,
@@ -570,28 +595,25 @@ impl Agent {
         boot_id: &str,
     ) -> Result<bool, RunError> {
         let root = self.opts.root.clone();
-        let record = |outcome: &str, detail: Option<String>| UpgradeRecord {
+        let record = |outcome, detail: Option<String>| UpgradeRecord {
             boot_id: boot_id.to_string(),
-            outcome: outcome.to_string(),
+            outcome,
             detail,
             at: now_secs(),
             reboot_requested: false,
         };
-        if !config.upgrade {
-            if state.upgrade.is_none() {
-                state.upgrade = Some(record("skipped", Some("upgrade: false".into())));
-            }
-            return Ok(false);
+        let decision = lifecycle::decide(&upgrade_inputs(state, config, boot_id));
+        if let Some(outcome) = decision.record {
+            // The one record of a decision made before the host is asked: `upgrade: false`.
+            state.upgrade = Some(record(outcome, Some("upgrade: false".into())));
         }
-        match &state.upgrade {
-            None => {}
-            Some(r) if r.outcome == "failed" && config.upgrade_failure == UpgradeFailure::Block => {
+        match decision.action {
+            Action::Upgrade { .. } => {}
+            Action::Reboot => {
+                // Staged, then stopped before asking for the reboot: ask now, once.
+                return self.request_reboot(host, state).await.map(|()| true);
             }
-            Some(r) if r.outcome == "staged" && r.boot_id == boot_id => {
-                if !r.reboot_requested {
-                    // Staged, then stopped before asking for the reboot: ask now, once.
-                    return self.request_reboot(host, state).await.map(|()| true);
-                }
+            Action::Configure(Why::RebootMissed) => {
                 log::warn!(
                     "the reboot into the upgraded deployment was requested in this boot and has \
                      not happened; configuring the node on the booted deployment (berth never \
@@ -599,44 +621,42 @@ impl Agent {
                 );
                 return Ok(false);
             }
-            Some(_) => return Ok(false),
+            Action::Configure(_) | Action::Block => return Ok(false),
         }
 
         log::info!(
             "first boot of {}: upgrading the OS (rpm-ostree upgrade)",
             state.instance_id
         );
-        match host.upgrade_os().await {
+        let (result, detail, error) = match host.upgrade_os().await {
             Ok(UpgradeOutcome::Staged { from, to }) => {
                 log::info!("rpm-ostree staged deployment {to} (booted: {from}); rebooting");
-                state.upgrade = Some(record("staged", Some(format!("{from} -> {to}"))));
-                state.phase = Phase::UpgradeRequested;
+                (HostUpgrade::Staged, Some(format!("{from} -> {to}")), None)
+            }
+            Ok(UpgradeOutcome::NoUpgrade) => (HostUpgrade::NoUpgrade, None, None),
+            Err(e) => {
+                log::error!("OS upgrade failed: {e}");
+                (HostUpgrade::Failed, Some(e.to_string()), Some(e))
+            }
+        };
+        let decision = lifecycle::upgraded(result, config.upgrade_failure, self.opts.host_actions);
+        if let Some(outcome) = decision.record {
+            if result == HostUpgrade::NoUpgrade {
+                log::info!("OS upgrade: {outcome}");
+            }
+            state.upgrade = Some(record(outcome, detail));
+        }
+        match (decision.action, error) {
+            (Action::Reboot, _) => {
                 self.request_reboot(host, state).await?;
                 Ok(true)
             }
-            Ok(UpgradeOutcome::NoUpgrade) => {
-                let outcome = if self.opts.host_actions {
-                    "no-upgrade"
-                } else {
-                    "recorded"
-                };
-                log::info!("OS upgrade: {outcome}");
-                state.upgrade = Some(record(outcome, None));
-                Ok(false)
+            (Action::Block, Some(e)) => {
+                state.block_on_upgrade(e.to_string());
+                state.save(&root)?;
+                Err(RunError::UpgradeBlocked(e))
             }
-            Err(e) => {
-                log::error!("OS upgrade failed: {e}");
-                state.upgrade = Some(record("failed", Some(e.to_string())));
-                match config.upgrade_failure {
-                    UpgradeFailure::Block => {
-                        state.phase = Phase::UpgradeFailed;
-                        state.last_error = Some(e.to_string());
-                        state.save(&root)?;
-                        Err(RunError::UpgradeBlocked(e.to_string()))
-                    }
-                    UpgradeFailure::Continue => Ok(false),
-                }
-            }
+            _ => Ok(false),
         }
     }
 
@@ -646,10 +666,7 @@ impl Agent {
         state: &mut State,
     ) -> Result<(), RunError> {
         // Recorded before asking: whatever happens next, this instance asks at most once.
-        if let Some(r) = state.upgrade.as_mut() {
-            r.reboot_requested = true;
-        }
-        state.phase = Phase::UpgradeRequested;
+        state.request_reboot();
         state.save(&self.opts.root)?;
         // Ready before the reboot is asked for: the shutdown it starts would otherwise cancel
         // a start job still waiting for READY=1 (a blocking `systemctl start` would fail with
@@ -662,31 +679,152 @@ impl Agent {
 }
 
 fn record_failure(root: &Path, state: &mut State, e: &RunError) {
-    state.phase = Phase::Failed;
-    state.last_error = Some(e.to_string());
+    state.fail(e.to_string());
     if let Err(se) = state.save(root) {
         log::error!("saving the state after a failure: {se}");
     }
 }
 
-/// What `plan` says about the upgrade step.
-fn upgrade_preview(state: &State, config: &Config, boot_id: &str) -> String {
-    if !config.upgrade {
-        return "skipped (upgrade: false)".to_string();
+/// The inputs of the upgrade decision: the configuration, this boot, the state's record.
+fn upgrade_inputs<'a>(state: &'a State, config: &Config, boot_id: &'a str) -> UpgradeInputs<'a> {
+    UpgradeInputs {
+        enabled: config.upgrade,
+        on_failure: config.upgrade_failure,
+        boot_id,
+        previous: state.previous_upgrade(),
     }
-    match &state.upgrade {
-        None => "rpm-ostree upgrade, then a reboot if a new deployment is staged (first boot of \
-                 this instance)"
-            .to_string(),
-        Some(r) if r.outcome == "failed" && config.upgrade_failure == UpgradeFailure::Block => {
-            format!(
-                "retry rpm-ostree upgrade (it failed: {})",
-                r.detail.as_deref().unwrap_or("?")
-            )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpgradeFailure;
+    use crate::host::rpmostree::RpmOstreeError;
+    use crate::lifecycle::UpgradeOutcome as Recorded;
+
+    /// A host whose upgrade answers as scripted, counting the upgrade and reboot requests.
+    struct Scripted {
+        answer: fn() -> Result<UpgradeOutcome, HostError>,
+        upgrades: u32,
+        reboots: u32,
+    }
+
+    impl Host for Scripted {
+        async fn reload(&mut self) -> Result<(), HostError> {
+            Ok(())
         }
-        Some(r) if r.outcome == "staged" && r.boot_id == boot_id => {
-            "none: a reboot into the staged deployment is pending".to_string()
+        async fn unit_op(&mut self, _: &str, _: UnitOp) -> Result<(), HostError> {
+            Ok(())
         }
-        Some(r) => format!("done ({})", r.outcome),
+        async fn upgrade_os(&mut self) -> Result<UpgradeOutcome, HostError> {
+            self.upgrades += 1;
+            (self.answer)()
+        }
+        async fn reboot(&mut self) -> Result<(), HostError> {
+            self.reboots += 1;
+            Ok(())
+        }
+    }
+
+    fn not_booted() -> Result<UpgradeOutcome, HostError> {
+        Err(HostError::RpmOstree(RpmOstreeError::NotBooted {
+            path: "/".into(),
+        }))
+    }
+
+    fn staged() -> Result<UpgradeOutcome, HostError> {
+        Ok(UpgradeOutcome::Staged {
+            from: "a".into(),
+            to: "b".into(),
+        })
+    }
+
+    /// `upgrade_step` of one run in `boot`, and the state as saved.
+    fn step(
+        dir: &Path,
+        host: &mut Scripted,
+        on_failure: UpgradeFailure,
+        boot: &str,
+    ) -> (Result<bool, RunError>, State) {
+        let mut agent = Agent::new(Options {
+            root: dir.to_path_buf(),
+            imds_endpoints: vec![],
+            ec2_endpoint: None,
+            host_actions: true,
+        });
+        let config = Config {
+            upgrade: true,
+            upgrade_failure: on_failure,
+            ..Config::default()
+        };
+        let mut state = State::load(dir, "i-0abc").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(agent.upgrade_step(host, &mut state, &config, boot));
+        (r, State::load(dir, "i-0abc").unwrap())
+    }
+
+    #[test]
+    fn a_blocked_upgrade_keeps_the_hosts_error_and_is_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = Scripted {
+            answer: not_booted,
+            upgrades: 0,
+            reboots: 0,
+        };
+        let (r, saved) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        let e = r.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                RunError::UpgradeBlocked(HostError::RpmOstree(RpmOstreeError::NotBooted { .. }))
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.exit_code(), exit::HOST);
+        assert!(e.to_string().contains("upgrade_failure: continue"), "{e}");
+        assert_eq!(saved.phase, Phase::UpgradeFailed);
+        assert_eq!(saved.upgrade.as_ref().unwrap().outcome, Recorded::Failed);
+        assert!(saved.last_error.is_some());
+        // The next run tries again.
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        assert!(r.is_err());
+        assert_eq!(host.upgrades, 2);
+        assert_eq!(host.reboots, 0);
+    }
+
+    #[test]
+    fn a_failed_upgrade_under_continue_configures() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = Scripted {
+            answer: not_booted,
+            upgrades: 0,
+            reboots: 0,
+        };
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Continue, "b1");
+        assert!(!r.unwrap());
+    }
+
+    #[test]
+    fn a_staged_deployment_is_rebooted_into_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = Scripted {
+            answer: staged,
+            upgrades: 0,
+            reboots: 0,
+        };
+        let (r, saved) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        assert!(r.unwrap(), "a reboot was requested");
+        assert_eq!(saved.phase, Phase::UpgradeRequested);
+        let u = saved.upgrade.unwrap();
+        assert_eq!((u.outcome, u.reboot_requested), (Recorded::Staged, true));
+        // The reboot did not come: this boot configures, without a second request.
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Block, "b1");
+        assert!(!r.unwrap());
+        // The next boot configures, without upgrading again.
+        let (r, _) = step(d.path(), &mut host, UpgradeFailure::Block, "b2");
+        assert!(!r.unwrap());
+        assert_eq!((host.upgrades, host.reboots), (1, 1));
     }
 }

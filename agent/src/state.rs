@@ -20,37 +20,21 @@ use crate::apply::{host_path, write_atomic, FileError};
 use crate::config::Role;
 use crate::discovery::Membership;
 use crate::host::record::Recorded;
+use crate::lifecycle::{Event, Previous};
 use crate::plan::Plan;
 
 pub const STATE_DIR: &str = "/var/lib/berth";
 const FORMAT: u32 = 1;
 
-/// Where the node is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Nothing done yet for this instance.
-    #[default]
-    New,
-    /// rpm-ostree staged a deployment and a reboot was requested; the next boot continues.
-    UpgradeRequested,
-    /// The OS upgrade failed and the configuration says to block.
-    UpgradeFailed,
-    /// The cluster is not ready (no master, several masters): nothing rendered.
-    Waiting,
-    /// Files written, unit actions in progress (a crash here is finished by the next run).
-    Applying,
-    Converged,
-    /// The last run failed; `last_error` says why.
-    Failed,
-}
+pub use crate::lifecycle::{Phase, UpgradeOutcome};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpgradeRecord {
     /// The boot in which the upgrade ran: a reboot into the staged deployment changes it.
     pub boot_id: String,
-    /// staged, no-upgrade, failed, skipped (user-data `upgrade: false`), recorded (no host actions).
-    pub outcome: String,
+    /// staged, no-upgrade, failed, skipped (user-data `upgrade: false`), recorded (no host
+    /// actions); a string in the file, so that every state berth wrote loads.
+    pub outcome: UpgradeOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub at: u64,
@@ -275,6 +259,63 @@ impl State {
         State::load(root, &id).map(Some)
     }
 
+    /// The upgrade record, as the upgrade decision reads it ([`crate::lifecycle::decide`]).
+    pub fn previous_upgrade(&self) -> Option<Previous<'_>> {
+        self.upgrade.as_ref().map(|r| Previous {
+            outcome: &r.outcome,
+            boot_id: &r.boot_id,
+            reboot_requested: r.reboot_requested,
+        })
+    }
+
+    /// Moves the node to the phase `event` leads to ([`Phase::on`]).
+    pub fn transition(&mut self, event: Event) {
+        self.phase = self.phase.on(event);
+    }
+
+    /// The cluster is not ready: nothing rendered, `condition` says why.
+    pub fn wait(&mut self, condition: String, membership: Membership) {
+        self.transition(Event::NotReady);
+        self.condition = Some(condition);
+        self.membership = Some(membership);
+    }
+
+    /// The run stopped on `error` (as the log prints it).
+    pub fn fail(&mut self, error: String) {
+        self.transition(Event::RunFailed);
+        self.last_error = Some(error);
+    }
+
+    /// The upgrade failed under `upgrade_failure: block`: nothing is configured.
+    pub fn block_on_upgrade(&mut self, error: String) {
+        self.transition(Event::UpgradeBlocked);
+        self.last_error = Some(error);
+    }
+
+    /// The reboot into the staged deployment is about to be requested: recorded first, so
+    /// that this instance asks at most once whatever happens next.
+    pub fn request_reboot(&mut self) {
+        if let Some(r) = self.upgrade.as_mut() {
+            r.reboot_requested = true;
+        }
+        self.transition(Event::RebootRequested);
+    }
+
+    /// The plan's files and unit actions are about to be applied for `membership`.
+    pub fn start_apply(&mut self, membership: Membership, condition: String) {
+        self.transition(Event::ApplyStarted);
+        self.membership = Some(membership);
+        self.condition = Some(condition);
+    }
+
+    /// Every file and unit action of `plan` is done.
+    pub fn converge(&mut self, plan: Plan) {
+        self.transition(Event::Applied);
+        self.last_error = None;
+        self.last_plan = Some(plan);
+        self.runs += 1;
+    }
+
     /// Saves atomically and points `current` at this instance.
     pub fn save(&mut self, root: &Path) -> Result<(), StateError> {
         self.format = FORMAT;
@@ -355,6 +396,189 @@ mod tests {
         other.save(d.path()).unwrap();
         assert_eq!(LastRun::load(d.path()).unwrap().unwrap(), other);
         assert!(other.since > 5);
+    }
+
+    #[test]
+    fn nothing_yet_is_not_an_error_and_an_unreadable_file_is() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(LastRun::load(d.path()).unwrap(), None);
+        assert_eq!(State::load_current(d.path()).unwrap(), None);
+        let new = State::load(d.path(), "i-0abc").unwrap();
+        assert_eq!((new.format, new.instance_id.as_str()), (FORMAT, "i-0abc"));
+
+        // Directories where the files should be: reading them fails with EISDIR.
+        let dir = d.path().join("var/lib/berth");
+        std::fs::create_dir_all(dir.join("last-run.json")).unwrap();
+        std::fs::create_dir_all(dir.join("current")).unwrap();
+        std::fs::create_dir_all(dir.join("i-0abc/state.json")).unwrap();
+        assert!(matches!(
+            LastRun::load(d.path()),
+            Err(StateError::Read { .. })
+        ));
+        assert!(matches!(
+            State::current(d.path()),
+            Err(StateError::Read { .. })
+        ));
+        assert!(matches!(
+            State::load_current(d.path()),
+            Err(StateError::Read { .. })
+        ));
+        assert!(matches!(
+            State::load(d.path(), "i-0abc"),
+            Err(StateError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn a_state_of_another_instance_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = State::load(d.path(), "i-0abc").unwrap();
+        s.save(d.path()).unwrap();
+        let from = d.path().join("var/lib/berth/i-0abc");
+        let to = d.path().join("var/lib/berth/i-0def");
+        std::fs::rename(from, to).unwrap();
+        assert!(matches!(
+            State::load(d.path(), "i-0def"),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn last_run_keeps_the_first_since_whatever_the_new_record_says() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = LastRun {
+            outcome: "converged".into(),
+            since: 5,
+            ..LastRun::default()
+        };
+        r.save(d.path()).unwrap();
+        let mut again = LastRun { since: 7, ..r };
+        again.save(d.path()).unwrap();
+        assert_eq!(again.since, 5);
+        assert_eq!(LastRun::load(d.path()).unwrap().unwrap().since, 5);
+    }
+
+    fn fixture(name: &str, instance_id: &str) -> State {
+        let d = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/state")
+            .join(name);
+        let dir = d.path().join("var/lib/berth").join(instance_id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(src, dir.join("state.json")).unwrap();
+        State::load(d.path(), instance_id).unwrap()
+    }
+
+    #[test]
+    fn todays_state_files_load() {
+        let s = fixture("main-converged.json", "i-0a1b2c3d4e5f60002");
+        assert_eq!(s.phase, Phase::Converged);
+        assert_eq!(s.role, Some(Role::Minion));
+        let u = s.upgrade.as_ref().unwrap();
+        assert_eq!(u.outcome, UpgradeOutcome::Recorded);
+        assert!(!u.reboot_requested);
+        assert_eq!(s.last_plan.as_ref().unwrap().files.len(), 4);
+        assert_eq!(s.membership.as_ref().unwrap().nodes.len(), 2);
+        assert!(s.boot_id.is_some());
+
+        let s = fixture("cae0ded-upgrade-requested.json", "i-0a1b2c3d4e5f60001");
+        assert_eq!(s.phase, Phase::UpgradeRequested);
+        let u = s.upgrade.as_ref().unwrap();
+        assert_eq!(u.outcome, UpgradeOutcome::Staged);
+        assert!(!u.reboot_requested, "absent in the first format");
+        assert_eq!(s.boot_id, None);
+        assert!(s.notes.is_empty());
+        let p = s.previous_upgrade().unwrap();
+        assert_eq!(p.outcome, &UpgradeOutcome::Staged);
+        assert_eq!(p.boot_id, "5d2c1f0e-7a6b-4c3d-9e8f-0a1b2c3d4e5f");
+        assert!(!p.reboot_requested);
+    }
+
+    #[test]
+    fn an_outcome_written_by_another_version_loads_and_saves_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = State::load(d.path(), "i-0abc").unwrap();
+        s.upgrade = Some(UpgradeRecord {
+            boot_id: "b".into(),
+            outcome: UpgradeOutcome::Other("deferred".into()),
+            detail: None,
+            at: 1,
+            reboot_requested: false,
+        });
+        s.save(d.path()).unwrap();
+        let text =
+            std::fs::read_to_string(d.path().join("var/lib/berth/i-0abc/state.json")).unwrap();
+        assert!(text.contains(r#""outcome": "deferred""#), "{text}");
+        assert_eq!(State::load(d.path(), "i-0abc").unwrap(), s);
+    }
+
+    fn membership() -> Membership {
+        Membership {
+            nodes: vec![],
+            notes: vec!["i-0bad: stopped".into()],
+        }
+    }
+
+    #[test]
+    fn transitions_set_the_phase_and_what_goes_with_it() {
+        let mut s = State::default();
+        assert_eq!(s.previous_upgrade(), None);
+
+        s.wait("no master".into(), membership());
+        assert_eq!(s.phase, Phase::Waiting);
+        assert_eq!(s.condition.as_deref(), Some("no master"));
+        assert_eq!(s.membership, Some(membership()));
+
+        s.fail("IMDS unreachable".into());
+        assert_eq!(s.phase, Phase::Failed);
+        assert_eq!(s.last_error.as_deref(), Some("IMDS unreachable"));
+
+        s.start_apply(membership(), "ready".into());
+        assert_eq!(s.phase, Phase::Applying);
+        assert_eq!(s.condition.as_deref(), Some("ready"));
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("IMDS unreachable"),
+            "kept until the run converges"
+        );
+
+        let plan = Plan {
+            instance_id: "i-1".into(),
+            node: "n".into(),
+            role: Role::Minion,
+            profile: "p".into(),
+            files: vec![],
+            reload: false,
+            units: vec![],
+        };
+        s.converge(plan.clone());
+        assert_eq!(s.phase, Phase::Converged);
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.last_plan, Some(plan.clone()));
+        assert_eq!(s.runs, 1);
+        s.converge(plan);
+        assert_eq!(s.runs, 2);
+
+        s.block_on_upgrade("rpm-ostree: no space".into());
+        assert_eq!(s.phase, Phase::UpgradeFailed);
+        assert_eq!(s.last_error.as_deref(), Some("rpm-ostree: no space"));
+
+        // Without a record there is nothing to mark; the phase still moves.
+        s.request_reboot();
+        assert_eq!(s.phase, Phase::UpgradeRequested);
+        assert_eq!(s.upgrade, None);
+        s.upgrade = Some(UpgradeRecord {
+            boot_id: "b".into(),
+            outcome: UpgradeOutcome::Staged,
+            detail: None,
+            at: 1,
+            reboot_requested: false,
+        });
+        s.phase = Phase::New;
+        s.request_reboot();
+        assert_eq!(s.phase, Phase::UpgradeRequested);
+        assert!(s.upgrade.as_ref().unwrap().reboot_requested);
+        assert!(s.previous_upgrade().unwrap().reboot_requested);
     }
 
     #[test]

@@ -250,6 +250,7 @@ impl Agent {
         config: Config,
         profile: Profile,
         role: Role,
+        previous: Option<&Membership>,
     ) -> Result<Context, RunError> {
         let filters = discovery::filters(&sources.identity, &config);
         let (instances, pages) = self
@@ -261,7 +262,7 @@ impl Agent {
             role,
             tags: &sources.tags,
         };
-        let membership = discovery::membership(&me, &config, &instances);
+        let membership = discovery::membership_after(&me, &config, &instances, previous);
         for n in &membership.notes {
             log::warn!("discovery: {n}");
         }
@@ -309,7 +310,9 @@ impl Agent {
         let (sources, config, profile, role) = self.inputs().await?;
         let state = State::load(self.root(), &sources.identity.instance_id)?;
         let upgrade = upgrade_preview(&state, &config, &self.boot_id());
-        let ctx = self.context(sources, config, profile, role).await?;
+        let ctx = self
+            .context(sources, config, profile, role, state.membership.as_ref())
+            .await?;
         let mut report = PlanReport {
             instance_id: ctx.node.instance_id.clone(),
             node: ctx.node.name.clone(),
@@ -355,7 +358,10 @@ impl Agent {
             return Ok(Outcome::Rebooting);
         }
 
-        let ctx = match self.context(sources, config, profile, role).await {
+        let ctx = match self
+            .context(sources, config, profile, role, state.membership.as_ref())
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 record_failure(&root, &mut state, &e);

@@ -358,8 +358,9 @@ pub fn membership_after(
         let (a, b) = (&candidates[a], &candidates[b]);
         a.primary().cmp(&b.primary()).then(a.rank().cmp(&b.rank()))
     });
-    let mut names: Vec<Option<String>> = vec![None; candidates.len()];
-    let mut taken: HashSet<String> = HashSet::with_capacity(order.len());
+    // Which of its names each candidate gets; the strings stay where they are until the end.
+    let mut given: Vec<Given> = vec![Given::Nothing; candidates.len()];
+    let mut taken: HashSet<&str> = HashSet::with_capacity(order.len());
     let mut contests: Vec<Contest> = Vec::new();
     let mut g = 0;
     while g < order.len() {
@@ -368,8 +369,8 @@ pub fn membership_after(
         while end < order.len() && candidates[order[end]].primary() == Some(name) {
             end += 1;
         }
-        names[order[g]] = Some(name.to_string());
-        taken.insert(name.to_string());
+        given[order[g]] = Given::Primary;
+        taken.insert(name);
         if end - g > 1 {
             contests.push(Contest {
                 name: name.to_string(),
@@ -381,27 +382,35 @@ pub fn membership_after(
         g = end;
     }
     // The others fall back to their DNS label, lower id first.
-    let mut losers: Vec<usize> = contests.iter().flat_map(|c| c.losers.clone()).collect();
+    let mut losers: Vec<usize> = contests
+        .iter()
+        .flat_map(|c| c.losers.iter().copied())
+        .collect();
     losers.sort_unstable_by(|&a, &b| candidates[a].instance_id.cmp(&candidates[b].instance_id));
     for i in losers {
         let c = &candidates[i];
-        if let Some(l) = &c.label {
-            if Some(l.as_str()) != c.primary() && !taken.contains(l) {
-                taken.insert(l.clone());
-                names[i] = Some(l.clone());
+        if let Some(l) = c.label.as_deref() {
+            if Some(l) != c.primary() && taken.insert(l) {
+                given[i] = Given::Label;
             }
         }
     }
+    drop(taken);
     for contest in &contests {
-        notes.push(|| contest.note(&candidates, &names));
+        notes.push(|| contest.note(&candidates, &given));
     }
 
     let mut nodes: Vec<Node> = candidates
         .into_iter()
-        .zip(names)
-        .filter_map(|(c, name)| {
+        .zip(given)
+        .filter_map(|(c, given)| {
+            let name = match given {
+                Given::Nothing => return None,
+                Given::Primary => c.claim.or(c.label)?,
+                Given::Label => c.label?,
+            };
             Some(Node {
-                name: name?,
+                name,
                 instance_id: c.instance_id,
                 role: c.role,
                 private_ip: c.ip,
@@ -471,6 +480,16 @@ impl Candidate {
     }
 }
 
+/// Which of its names a candidate is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Given {
+    Nothing,
+    /// Its Name tag, or its DNS label when it has no usable Name tag.
+    Primary,
+    /// Its DNS label, after losing its Name tag's name to another instance.
+    Label,
+}
+
 /// A name that several instances claimed.
 struct Contest {
     name: String,
@@ -480,9 +499,11 @@ struct Contest {
 }
 
 impl Contest {
-    fn note(&self, candidates: &[Candidate], names: &[Option<String>]) -> String {
-        let (renamed, left_out): (Vec<usize>, Vec<usize>) =
-            self.losers.iter().partition(|&&i| names[i].is_some());
+    fn note(&self, candidates: &[Candidate], given: &[Given]) -> String {
+        let (renamed, left_out): (Vec<usize>, Vec<usize>) = self
+            .losers
+            .iter()
+            .partition(|&&i| given[i] != Given::Nothing);
         let mut s = format!(
             "{} instances share the name {}: {} keeps it ({})",
             thousands(self.losers.len() + 1),

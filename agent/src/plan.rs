@@ -965,4 +965,69 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn the_paths_of_interest_are_all_the_plan_reads() {
+        let profile = Profile::builtin().unwrap();
+        let minion = paths_of_interest(&profile, Role::Minion);
+        assert_eq!(
+            minion,
+            [
+                "/etc/etcd/etcd.conf",
+                "/etc/kubernetes/config",
+                "/etc/kubernetes/kubelet",
+                HOSTS_PATH,
+                SHIPPED_KUBELET,
+                KUBELET,
+            ]
+        );
+        let master = paths_of_interest(&profile, Role::Master);
+        assert!(master.contains(&"/etc/kubernetes/controller-manager".to_string()));
+        assert!(!master.contains(&"/etc/kubernetes/kubelet".to_string()));
+        // A host read through those paths alone plans exactly as the whole host does.
+        for (name, _, role, _) in SEED {
+            let mut host = converged(name);
+            host.insert("/etc/unrelated".into(), file("x", 0o600));
+            host.get_mut("/etc/kubernetes/config").unwrap().content = b"drift".to_vec();
+            let wanted = paths_of_interest(&profile, role);
+            let read: HostFiles = host
+                .iter()
+                .filter(|(p, _)| wanted.contains(p))
+                .map(|(p, f)| (p.clone(), f.clone()))
+                .collect();
+            assert_eq!(read.len(), host.len() - 1, "{name}");
+            assert_eq!(plan_for(name, &read, &[]), plan_for(name, &host, &[]));
+        }
+    }
+
+    #[test]
+    fn the_text_plan_says_why_a_unit_restarts() {
+        let mut host = converged("fed-master");
+        host.get_mut("/etc/etcd/etcd.conf").unwrap().content = b"x".to_vec();
+        let text = render_text(&plan_for("fed-master", &host, &[]));
+        assert!(
+            text.starts_with(
+                "node fed-master (i-0a1b2c3d4e5f60001, master), profile legacy-2015\n"
+            ),
+            "{text}"
+        );
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(needle))
+                .unwrap_or_else(|| panic!("no line starting {needle} in:\n{text}"))
+                .to_string()
+        };
+        assert!(line("~ /etc/etcd/etcd.conf").ends_with("0644  restarts etcd.service"));
+        assert!(line("= /etc/kubernetes/config").ends_with("unchanged 0644"));
+        assert!(line("etcd.service ").ends_with("restart, enable  (/etc/etcd/etcd.conf changed)"));
+        assert!(line("kube-apiserver.service").ends_with("start, enable"));
+        assert!(line("kubelet.service").ends_with("stop, disable"));
+        assert!(!text.contains("daemon-reload"));
+        let fresh = render_text(&plan_for("fed-master", &fedora(), &[]));
+        assert!(fresh.contains("\nsystemd: daemon-reload\n"), "{fresh}");
+        assert!(
+            fresh.contains("+ /etc/systemd/system/kubelet.service"),
+            "{fresh}"
+        );
+    }
 }

@@ -95,11 +95,6 @@ impl Membership {
     pub fn node(&self, instance_id: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.instance_id == instance_id)
     }
-
-    /// The same members (notes aside): what decides whether a re-render is needed.
-    pub fn same_members(&self, other: &Membership) -> bool {
-        self.nodes == other.nodes
-    }
 }
 
 /// The DescribeInstances filters that find this node's peers: its security groups (any of them),
@@ -1271,5 +1266,147 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn conditions_tell_the_operator_what_to_do() {
+        assert_eq!(Condition::Ready.to_string(), "ready");
+        assert_eq!(
+            Condition::NoMaster.to_string(),
+            "no master: no instance of this cluster is tagged role=master; launch one, or tag an \
+             existing instance role=master"
+        );
+        assert_eq!(
+            Condition::SeveralMasters(vec!["a".into(), "b".into()]).to_string(),
+            "several masters (a, b): exactly one instance of the cluster may be tagged \
+             role=master; retag the others role=minion"
+        );
+    }
+
+    #[test]
+    fn filters_ask_ec2_for_the_peers_only() {
+        let mut id = identity("i-0a", "172.30.0.246", "ip-172-30-0-246.ec2.internal");
+        id.security_group_ids = vec!["sg-1".into(), "sg-2".into()];
+        let f = filters(&id, &config());
+        assert_eq!(
+            f,
+            [
+                Filter::new("instance.group-id", ["sg-1", "sg-2"]),
+                Filter::new("vpc-id", ["vpc-1"]),
+                Filter::new("instance-state-name", ["pending", "running"]),
+                Filter::new("tag:berth:cluster", ["seed"]),
+            ]
+        );
+        let every = filters(&id, &Config::default());
+        assert_eq!(every.len(), 3);
+        assert!(every.iter().all(|f| !f.name.starts_with("tag:")));
+    }
+
+    #[test]
+    fn a_dns_label_two_instances_share_belongs_to_the_lower_id() {
+        // EC2 never gives two instances one private DNS name; an answer that does still gives
+        // every member one name, the same in any order.
+        let mut all = seed();
+        let mut y = inst("i-01", "", "minion", "172.30.0.91");
+        y.tags.remove("Name");
+        y.private_dns_name = Some("ip-shared.ec2.internal".into());
+        let mut x = inst("i-02", "ip-shared", "minion", "172.30.0.92");
+        x.private_dns_name = Some("ip-shared.ec2.internal".into());
+        all.extend([x, y]);
+        let m = master_view(&all);
+        assert_eq!(name_of(&m, "i-01"), Some("ip-shared"));
+        assert!(m.node("i-02").is_none());
+        assert!(
+            m.notes
+                .iter()
+                .any(|n| n
+                    .starts_with("i-02: its Name tag ip-shared is the private DNS name of i-01")),
+            "{:?}",
+            m.notes
+        );
+        all.reverse();
+        assert_eq!(master_view(&all).nodes, m.nodes);
+    }
+
+    #[test]
+    fn a_loser_never_takes_a_dns_label_another_member_holds() {
+        let mut all = seed();
+        // i-03 has no Name tag: its DNS label is its name. i-02 loses `x` to i-01 and would
+        // fall back to the same DNS label.
+        let mut a = inst("i-01", "x", "minion", "172.30.0.93");
+        a.private_dns_name = Some("ip-a.ec2.internal".into());
+        let mut b = inst("i-02", "x", "minion", "172.30.0.94");
+        b.private_dns_name = Some("ip-dup.ec2.internal".into());
+        let mut c = inst("i-03", "", "minion", "172.30.0.95");
+        c.tags.remove("Name");
+        c.private_dns_name = Some("ip-dup.ec2.internal".into());
+        all.extend([a, b, c]);
+        let m = master_view(&all);
+        assert_eq!(name_of(&m, "i-01"), Some("x"));
+        assert_eq!(name_of(&m, "i-03"), Some("ip-dup"));
+        assert!(m.node("i-02").is_none(), "{:?}", m.nodes);
+        let unique: HashSet<&str> = m.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(unique.len(), m.nodes.len());
+    }
+
+    #[test]
+    fn an_aggregated_note_lists_the_lowest_ids() {
+        // i-09 held `crowd`; a master and four minions claim it too. The note lists the three
+        // lowest ids of the renamed, whatever their rank.
+        let mut all = seed();
+        all.push(inst("i-09", "crowd", "minion", "172.30.3.9"));
+        let previous = master_view(&all);
+        all.push(inst("i-08", "crowd", "master", "172.30.3.8"));
+        for k in 1..=4 {
+            all.push(inst(
+                &format!("i-0{k}"),
+                "crowd",
+                "minion",
+                &format!("172.30.3.{k}"),
+            ));
+        }
+        let m = master_view_after(&all, Some(&previous));
+        assert_eq!(name_of(&m, "i-09"), Some("crowd"));
+        assert_eq!(
+            m.notes,
+            [
+                "6 instances share the name crowd: i-09 keeps it (it held the name in this node's \
+              last membership); i-01, i-02, i-03 and 2 more are named after their private DNS \
+              name"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_instance_ids_are_left_out() {
+        let mut all = seed();
+        for (k, bad) in ["bogus", "i-", "i-xyz", &format!("i-{}", "0".repeat(31))]
+            .iter()
+            .enumerate()
+        {
+            let ip = format!("172.30.4.{}", k + 1);
+            all.push(inst(bad, &format!("bad-{k}"), "minion", &ip));
+        }
+        all.push(inst(
+            &format!("i-{}", "0".repeat(30)),
+            "long-ok",
+            "minion",
+            "172.30.4.9",
+        ));
+        let m = master_view(&all);
+        assert_eq!(m.nodes.len(), 4, "{:?}", m.nodes);
+        assert_eq!(
+            name_of(&m, &format!("i-{}", "0".repeat(30))),
+            Some("long-ok")
+        );
+        assert_eq!(
+            m.notes
+                .iter()
+                .filter(|n| n.starts_with("left out an instance with an invalid id"))
+                .count(),
+            4,
+            "{:?}",
+            m.notes
+        );
     }
 }

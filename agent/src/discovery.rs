@@ -1307,10 +1307,11 @@ mod tests {
         // EC2 never gives two instances one private DNS name; an answer that does still gives
         // every member one name, the same in any order.
         let mut all = seed();
-        let mut y = inst("i-01", "", "minion", "172.30.0.91");
+        // i-02 has the lower address, so it is seen first.
+        let mut y = inst("i-01", "", "minion", "172.30.0.92");
         y.tags.remove("Name");
         y.private_dns_name = Some("ip-shared.ec2.internal".into());
-        let mut x = inst("i-02", "ip-shared", "minion", "172.30.0.92");
+        let mut x = inst("i-02", "ip-shared", "minion", "172.30.0.91");
         x.private_dns_name = Some("ip-shared.ec2.internal".into());
         all.extend([x, y]);
         let m = master_view(&all);

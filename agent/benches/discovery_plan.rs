@@ -1,6 +1,11 @@
 //! Discovery + plan for clusters of 10 to 5000 instances: parse DescribeInstances XML as EC2 sends
 //! it (one page of up to 1000 instances per request), build the membership, plan the master's
 //! files and units. The target is 5000 instances under 50 ms.
+//!
+//! `shared-name/N`: the membership of N instances that all carry one `Name` tag, which a peer
+//! of the security group may do on purpose: one keeps the name, the others fall back to their
+//! DNS names, with one note in all (the rule is O(n log n); 50,000 of them must stay well under
+//! a second).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,7 +13,7 @@ use berth_agent::config::{Config, Role};
 use berth_agent::discovery::{self, Me};
 use berth_agent::plan::{self, HostFiles, Inputs};
 use berth_agent::profile::Profile;
-use berth_ec2::Identity;
+use berth_ec2::{Identity, Instance};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn page(first: usize, count: usize, next: Option<&str>) -> String {
@@ -161,5 +166,71 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// `n` running instances of one cluster, all tagged `Name=node`; the first is the master.
+fn one_name(n: usize) -> Vec<Instance> {
+    (0..n)
+        .map(|k| {
+            let ip = format!("10.{}.{}.{}", k / 65536 + 1, (k / 256) % 256, k % 256);
+            Instance {
+                instance_id: format!("i-{k:017x}"),
+                state: "running".into(),
+                private_dns_name: Some(format!("ip-{}.ec2.internal", ip.replace('.', "-"))),
+                private_ip_address: Some(ip),
+                vpc_id: Some("vpc-1".into()),
+                subnet_id: Some("subnet-1".into()),
+                security_group_ids: vec!["sg-1".into()],
+                tags: [
+                    ("Name".to_string(), "node".to_string()),
+                    (
+                        "role".to_string(),
+                        if k == 0 { "master" } else { "minion" }.to_string(),
+                    ),
+                    ("berth:cluster".to_string(), "big".to_string()),
+                ]
+                .into(),
+            }
+        })
+        .collect()
+}
+
+fn shared_name(c: &mut Criterion) {
+    let config = Config {
+        role: Some(Role::Master),
+        cluster: Some("big".into()),
+        ..Config::default()
+    };
+    let mut group = c.benchmark_group("shared-name");
+    group.sample_size(10);
+    for n in [5000usize, 50_000] {
+        let instances = one_name(n);
+        let identity = Identity {
+            instance_id: instances[0].instance_id.clone(),
+            region: "us-east-1".into(),
+            availability_zone: "us-east-1a".into(),
+            private_ipv4: "10.1.0.0".into(),
+            private_dns_name: "ip-10-1-0-0.ec2.internal".into(),
+            mac: "0e:00:00:00:00:01".into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+            security_group_ids: vec!["sg-1".into()],
+        };
+        let tags = instances[0].tags.clone();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &instances, |b, all| {
+            b.iter(|| {
+                let me = Me {
+                    identity: &identity,
+                    role: Role::Master,
+                    tags: &tags,
+                };
+                let m = discovery::membership(&me, &config, all);
+                assert_eq!(m.nodes.len(), n);
+                assert_eq!(m.notes.len(), 1);
+                m
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, shared_name);
 criterion_main!(benches);

@@ -76,7 +76,7 @@ pub fn apply_files(
             match (f.action, &f.content) {
                 (FileAction::Remove, _) => removals.push((full, &f.path)),
                 (_, Some(content)) => {
-                    let mode = u32::from_str_radix(&f.mode, 8).unwrap_or(0o644);
+                    let mode = f.mode.bits();
                     let tmp = write_temp(&full, content, mode, false)?;
                     staged.push((tmp, full, &f.path));
                 }
@@ -330,7 +330,7 @@ mod tests {
         let file = |path: &str, action, content: Option<&[u8]>| FilePlan {
             path: path.into(),
             action,
-            mode: "0600".into(),
+            mode: crate::plan::Mode::new(0o600).unwrap(),
             sha256: None,
             restarts: vec![],
             content: content.map(<[u8]>::to_vec),
@@ -388,7 +388,7 @@ mod tests {
         let file = |path: &str| FilePlan {
             path: path.into(),
             action: FileAction::Update,
-            mode: "0644".into(),
+            mode: crate::plan::Mode::new(0o644).unwrap(),
             sha256: None,
             restarts: vec![],
             content: Some(b"new".to_vec()),
@@ -438,7 +438,7 @@ mod tests {
         let file = |path: &str| FilePlan {
             path: path.into(),
             action: FileAction::Create,
-            mode: "0644".into(),
+            mode: crate::plan::Mode::new(0o644).unwrap(),
             sha256: None,
             restarts: vec![],
             content: Some(b"new".to_vec()),

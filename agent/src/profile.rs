@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::Role;
+use crate::plan::Mode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,12 +35,9 @@ pub struct FileSpec {
     pub path: String,
     pub template: String,
     pub roles: Vec<String>,
-    #[serde(default = "default_mode")]
-    pub mode: String,
-}
-
-fn default_mode() -> String {
-    "0644".to_string()
+    /// "0644" when the manifest says nothing.
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// A textual fix of a shipped unit, written to `/etc/systemd/system/UNIT`.
@@ -214,12 +212,6 @@ impl Profile {
                     f.path
                 )));
             }
-            parse_mode(&f.mode).ok_or_else(|| {
-                bad(format!(
-                    "files: {}: mode `{}` is not an octal mode like \"0644\"",
-                    f.path, f.mode
-                ))
-            })?;
             for r in &f.roles {
                 Role::parse(r)
                     .ok_or_else(|| bad(format!("files: {}: unknown role `{r}`", f.path)))?;
@@ -286,11 +278,6 @@ impl Profile {
     pub fn units_for(&self, role: Role) -> RoleUnits {
         self.roles.get(&role).cloned().unwrap_or_default()
     }
-}
-
-pub fn parse_mode(s: &str) -> Option<u32> {
-    let m = u32::from_str_radix(s, 8).ok()?;
-    (s.len() >= 3 && s.len() <= 4 && m <= 0o7777).then_some(m)
 }
 
 pub fn valid_unit_name(s: &str) -> bool {

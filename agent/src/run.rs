@@ -332,6 +332,7 @@ impl Agent {
         config: Config,
         profile: Profile,
         role: Role,
+        previous: Option<&Membership>,
     ) -> Result<Context, RunError> {
         let filters = discovery::filters(&sources.identity, &config);
         let (instances, pages) = self
@@ -343,7 +344,7 @@ impl Agent {
             role,
             tags: &sources.tags,
         };
-        let membership = discovery::membership(&me, &config, &instances);
+        let membership = discovery::membership_after(&me, &config, &instances, previous);
         for n in &membership.notes {
             log::warn!("discovery: {n}");
         }
@@ -410,7 +411,9 @@ impl Agent {
             &upgrade_inputs(&state, &config, &boot_id),
             state.upgrade.as_ref().and_then(|r| r.detail.as_deref()),
         );
-        let ctx = self.context(sources, config, profile, role).await?;
+        let ctx = self
+            .context(sources, config, profile, role, state.membership.as_ref())
+            .await?;
         let mut report = PlanReport {
             instance_id: ctx.node.instance_id.clone(),
             node: ctx.node.name.clone(),
@@ -464,7 +467,10 @@ impl Agent {
             return Ok(Outcome::Rebooting);
         }
 
-        let ctx = match self.context(sources, config, profile, role).await {
+        let ctx = match self
+            .context(sources, config, profile, role, state.membership.as_ref())
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 record_failure(&root, &mut state, &e);

@@ -64,16 +64,6 @@ pub struct Login {
 }
 
 impl Login {
-    pub async fn system() -> Result<Self, RebootError> {
-        let conn = Connection::system()
-            .await
-            .map_err(|source| RebootError::Connect {
-                address: "system bus".into(),
-                source,
-            })?;
-        Ok(Login { conn })
-    }
-
     pub async fn connect(address: &str) -> Result<Self, RebootError> {
         let conn = connect_bus(address)
             .await

@@ -180,16 +180,6 @@ pub struct RpmOstree {
 }
 
 impl RpmOstree {
-    pub async fn system() -> Result<Self, RpmOstreeError> {
-        let conn = Connection::system()
-            .await
-            .map_err(|source| RpmOstreeError::Connect {
-                address: "system bus".into(),
-                source,
-            })?;
-        Ok(Self::on(conn))
-    }
-
     /// A bus at `address`; tests run a stand-in daemon on a private `dbus-daemon`.
     pub async fn connect(address: &str) -> Result<Self, RpmOstreeError> {
         let conn = connect_bus(address)

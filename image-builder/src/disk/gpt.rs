@@ -120,11 +120,6 @@ impl Partition {
     }
 }
 
-/// The first LBA a partition may use, aligned.
-pub fn first_usable_aligned() -> u64 {
-    ALIGN / SECTOR
-}
-
 /// The last LBA a partition may use on a disk of `disk_size` bytes (before the backup entries
 /// and header).
 pub fn last_usable(disk_size: u64) -> u64 {

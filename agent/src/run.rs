@@ -41,12 +41,12 @@ pub struct Options {
 
 /// Exit codes, part of the CLI's interface (README, "Exit codes").
 pub mod exit {
-    pub const OK: i32 = 0;
+    pub(crate) const OK: i32 = 0;
     pub const FAILURE: i32 = 1;
-    pub const BAD_INPUT: i32 = 3;
-    pub const REMOTE: i32 = 4;
+    pub(crate) const BAD_INPUT: i32 = 3;
+    pub(crate) const REMOTE: i32 = 4;
     pub const HOST: i32 = 5;
-    pub const NOT_READY: i32 = 6;
+    pub(crate) const NOT_READY: i32 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -146,7 +146,7 @@ fn image_synopsis(readme: &str) -> BTreeMap<String, Flags> {
     let common_at = readme
         .find("Every subcommand also takes:\n")
         .expect("image-builder/README.md lists the options every subcommand takes");
-    let common = option_block(&readme[common_at..].split_once('\n').expect("a line").1);
+    let common = option_block(readme[common_at..].split_once('\n').expect("a line").1);
     let mut out = BTreeMap::new();
     let mut rest = readme;
     while let Some(i) = rest.find("\n### `berth-image ") {

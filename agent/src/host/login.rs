@@ -16,7 +16,7 @@ use super::systemd::connect_bus;
 
 /// A logind or systemd that does not even queue the reboot within this long is not going to;
 /// 25 s is the default D-Bus method call timeout that GDBus and libdbus use.
-pub const REBOOT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
+pub(crate) const REBOOT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 #[proxy(
     interface = "org.freedesktop.login1.Manager",

@@ -304,7 +304,7 @@ impl ImdsClient {
     }
 
     /// As [`get`](Self::get), as one request of the operation `op` (sharing its deadline).
-    pub async fn get_within(
+    pub(crate) async fn get_within(
         &self,
         path: &str,
         op: &Operation,
@@ -318,7 +318,7 @@ impl ImdsClient {
     }
 
     /// Reads `path` as bytes. `Ok(None)` when IMDS answers 404.
-    pub async fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ImdsError> {
+    pub(crate) async fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ImdsError> {
         self.read(path, MAX_BODY, &self.operation()).await
     }
 

@@ -90,7 +90,7 @@ impl RetryPolicy {
     }
 
     /// The upper bound [`backoff`](Self::backoff) draws from.
-    pub fn backoff_cap(&self, failed: u32) -> Duration {
+    pub(crate) fn backoff_cap(&self, failed: u32) -> Duration {
         let shift = failed.saturating_sub(1).min(31);
         self.base_delay
             .checked_mul(1u32 << shift)
@@ -228,7 +228,7 @@ where
 /// end (it would have timed out on a healthy server too), so when an earlier attempt failed, that
 /// earlier error is the one reported: a throttled account reads as throttled, not as "timed out
 /// after 3 ms".
-pub async fn run_within<T, E, F, Fut>(
+pub(crate) async fn run_within<T, E, F, Fut>(
     policy: &RetryPolicy,
     operation: &Operation,
     what: &str,

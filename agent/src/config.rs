@@ -128,7 +128,7 @@ impl Default for Config {
 /// One layer as written: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Layer {
+pub(crate) struct Layer {
     role: Option<String>,
     cluster: Option<String>,
     profile: Option<String>,

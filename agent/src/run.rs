@@ -123,7 +123,7 @@ impl From<PlanError> for RunError {
 
 /// Everything known before planning: validated config, this node, the cluster.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub sources: Sources,
     pub config: Config,
     pub profile: Profile,
@@ -170,7 +170,7 @@ pub struct PlanReport {
 
 /// Called after each host-changing step of a run with the step's number (from 1) and what it
 /// was: each file put in place or removed, the daemon-reload, each unit operation.
-pub type StepHook = Box<dyn FnMut(u32, &str) + Send>;
+pub(crate) type StepHook = Box<dyn FnMut(u32, &str) + Send>;
 
 /// The host-changing steps of one run, and the hook told of each.
 struct Steps {

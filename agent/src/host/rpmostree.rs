@@ -150,7 +150,7 @@ fn cancelled_text(cancelled: bool) -> &'static str {
 
 /// A deployment as the daemon describes it (the `a{sv}` of `DefaultDeployment`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deployment {
+pub(crate) struct Deployment {
     pub id: String,
     pub checksum: String,
 }

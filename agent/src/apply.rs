@@ -1,8 +1,16 @@
 //! Applying a plan's files to the host: atomic replacement, only when content or mode differ.
 //!
-//! A file is never half-written: the new content goes to a temporary file in the same directory,
-//! is fsynced, renamed over the old one, and the directory is fsynced, so that a crash or power
-//! loss leaves either the old file or the new one. Every host path is prefixed with `--root`.
+//! A plan's files are written as one batch ([`apply_files`]): every new content goes to a
+//! temporary file in its target's directory, one `syncfs(2)` makes all of them durable, each is
+//! renamed over its target (and files the plan drops are removed), and a second `syncfs(2)` makes
+//! the renames and removals durable. A crash or power loss leaves each file either old or new.
+//! The one exception is a target that rename cannot replace (EBUSY for a mount point such as a
+//! bind-mounted `/etc/hosts`, EXDEV): it is rewritten in place (open, truncate, write, fsync of
+//! the file), which keeps the mount but may leave it partial until the next run rewrites it.
+//!
+//! The state files are written one at a time by [`write_atomic`]: temporary file, fsync of it,
+//! rename (or the same in-place rewrite), fsync of the directory. Every host path is prefixed
+//! with `--root`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -60,9 +68,10 @@ pub fn read_host_files(root: &Path, paths: &[String]) -> Result<HostFiles, FileE
 ///
 /// The batch is atomic per file and durable as a whole, with two filesystem syncs instead of two
 /// per file: every new content goes to a temporary file beside its target, one `syncfs` makes
-/// them all durable, the renames put them in place, and a second `syncfs` makes the renames
-/// durable. A crash leaves each file either old or new, never partial; the restarts the plan
-/// needs are in the state already, so the next run finishes the batch.
+/// them all durable, the renames put them in place, the files the plan drops are removed, and a
+/// second `syncfs` makes the renames and removals durable. A crash leaves each renamed file either old or new, never partial (a
+/// file rewritten in place, see `put_in_place`, is fsynced on its own and may be partial); the
+/// restarts the plan needs are in the state already, so the next run finishes the batch.
 pub fn apply_files(
     root: &Path,
     plan: &Plan,

@@ -128,7 +128,7 @@ impl Default for Config {
 /// One layer as written: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Layer {
+pub(crate) struct Layer {
     role: Option<String>,
     cluster: Option<String>,
     profile: Option<String>,
@@ -174,8 +174,8 @@ const KEYS: &[&str] = &[
 ];
 
 /// The tag keys berth reads.
-pub const ROLE_TAG: &str = "role";
-pub const CLUSTER_TAG: &str = "berth:cluster";
+pub(crate) const ROLE_TAG: &str = "role";
+pub(crate) const CLUSTER_TAG: &str = "berth:cluster";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -209,7 +209,10 @@ impl Layer {
     /// The `berth:` section of a `#cloud-config` document; `None` when it has none. Every other
     /// key is cloud-init's and is not looked at; errors in berth's section keep their line and
     /// column in the whole document.
-    pub fn parse_cloud_config(source_name: &str, text: &str) -> Result<Option<Layer>, ConfigError> {
+    pub(crate) fn parse_cloud_config(
+        source_name: &str,
+        text: &str,
+    ) -> Result<Option<Layer>, ConfigError> {
         #[derive(Deserialize)]
         struct CloudConfig {
             #[serde(default)]
@@ -222,7 +225,7 @@ impl Layer {
 
     /// What the root of a YAML document is, so that a scalar or a list (not berth's format) can
     /// be told from a mapping before the strict parse.
-    pub fn root_kind(
+    pub(crate) fn root_kind(
         source_name: &str,
         text: &str,
     ) -> Result<crate::userdata::RootKind, ConfigError> {
@@ -242,7 +245,7 @@ impl Layer {
     }
 
     /// The layer made of this instance's own tags.
-    pub fn from_tags(tags: &std::collections::BTreeMap<String, String>) -> Layer {
+    pub(crate) fn from_tags(tags: &std::collections::BTreeMap<String, String>) -> Layer {
         Layer {
             role: tags.get(ROLE_TAG).cloned(),
             cluster: tags.get(CLUSTER_TAG).cloned(),
@@ -252,11 +255,11 @@ impl Layer {
 }
 
 /// The most characters of an input value that an error or a log line quotes.
-pub const QUOTE_CHARS: usize = 64;
+pub(crate) const QUOTE_CHARS: usize = 64;
 
 /// `s` cut to [`QUOTE_CHARS`] characters for quoting in an error (a 1 MiB tag value is not
 /// printed whole), with the full length said when cut.
-pub fn truncate_value(s: &str) -> String {
+pub(crate) fn truncate_value(s: &str) -> String {
     let mut chars = s.char_indices();
     match chars.nth(QUOTE_CHARS) {
         None => s.to_string(),
@@ -363,7 +366,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 impl Config {
     /// Merges `layers` (lowest first) onto the defaults, validating each value against the
     /// source it came from.
-    pub fn merge<'a>(
+    pub(crate) fn merge<'a>(
         layers: impl IntoIterator<Item = (&'a str, &'a Layer)>,
     ) -> Result<Config, ConfigError> {
         let mut c = Config::default();
@@ -491,7 +494,7 @@ impl Config {
 }
 
 /// Cluster and profile names: they reach tag filters, paths and file comments.
-pub fn valid_cluster_name(s: &str) -> bool {
+pub(crate) fn valid_cluster_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -500,7 +503,7 @@ pub fn valid_cluster_name(s: &str) -> bool {
 }
 
 /// An http(s) URL with a host, no user info, query or fragment.
-pub fn valid_endpoint(s: &str) -> bool {
+pub(crate) fn valid_endpoint(s: &str) -> bool {
     url::Url::parse(s).is_ok_and(|u| {
         matches!(u.scheme(), "http" | "https")
             && u.host().is_some()
@@ -512,7 +515,7 @@ pub fn valid_endpoint(s: &str) -> bool {
 }
 
 /// `a.b.c.d/n` with the host bits clear.
-pub fn valid_ipv4_cidr(s: &str) -> bool {
+pub(crate) fn valid_ipv4_cidr(s: &str) -> bool {
     let Some((addr, len)) = s.split_once('/') else {
         return false;
     };

@@ -7,19 +7,19 @@
 //!
 //! Not for: building images (berth-image) or serving EC2 (berth-sim).
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod config;
 pub mod discovery;
 pub mod host;
-pub mod hosts;
-pub mod lifecycle;
+pub(crate) mod hosts;
+pub(crate) mod lifecycle;
 pub mod logging;
 pub mod notify;
 pub mod plan;
 pub mod poll;
 pub mod profile;
 pub mod run;
-pub mod sources;
+pub(crate) mod sources;
 pub mod state;
 pub mod status;
-pub mod userdata;
+pub(crate) mod userdata;

@@ -219,8 +219,10 @@ impl Decision {
         }
     }
 
-    /// The phase the node is in after this decision, from `phase`.
-    pub fn next_phase(&self, phase: Phase) -> Phase {
+    /// The phase the node is in after this decision, from `phase` (the run applies `event`
+    /// itself; the tests walk the phases with this).
+    #[cfg(test)]
+    fn next_phase(&self, phase: Phase) -> Phase {
         self.event.map_or(phase, |e| phase.on(e))
     }
 }

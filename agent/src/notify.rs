@@ -51,7 +51,7 @@ pub fn status(line: &str) {
 /// Returns whether systemd confirmed within `timeout`; false without `$NOTIFY_SOCKET`, or from a
 /// service manager without barrier support (systemd < 246 closes the descriptor unread, which
 /// also ends the wait).
-pub fn barrier(timeout: Duration) -> bool {
+pub(crate) fn barrier(timeout: Duration) -> bool {
     match connect() {
         None => false,
         Some(sock) => barrier_on(sock, timeout),

@@ -41,12 +41,12 @@ pub struct Options {
 
 /// Exit codes, part of the CLI's interface (README, "Exit codes").
 pub mod exit {
-    pub const OK: i32 = 0;
+    pub(crate) const OK: i32 = 0;
     pub const FAILURE: i32 = 1;
-    pub const BAD_INPUT: i32 = 3;
-    pub const REMOTE: i32 = 4;
+    pub(crate) const BAD_INPUT: i32 = 3;
+    pub(crate) const REMOTE: i32 = 4;
     pub const HOST: i32 = 5;
-    pub const NOT_READY: i32 = 6;
+    pub(crate) const NOT_READY: i32 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ impl From<PlanError> for RunError {
 
 /// Everything known before planning: validated config, this node, the cluster.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub sources: Sources,
     pub config: Config,
     pub profile: Profile,
@@ -170,7 +170,7 @@ pub struct PlanReport {
 
 /// Called after each host-changing step of a run with the step's number (from 1) and what it
 /// was: each file put in place or removed, the daemon-reload, each unit operation.
-pub type StepHook = Box<dyn FnMut(u32, &str) + Send>;
+pub(crate) type StepHook = Box<dyn FnMut(u32, &str) + Send>;
 
 /// The host-changing steps of one run, and the hook told of each.
 struct Steps {

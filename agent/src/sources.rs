@@ -104,11 +104,6 @@ impl Remote {
         self.ec2.as_ref().expect("set above")
     }
 
-    /// Requests sent to EC2 so far, retries included.
-    pub fn ec2_requests(&self) -> u64 {
-        self.ec2.as_ref().map_or(0, Ec2Client::requests_sent)
-    }
-
     async fn credentials(&self, why: &'static str) -> Result<Credentials, SourceError> {
         self.imds
             .credentials()

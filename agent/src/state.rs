@@ -23,7 +23,7 @@ use crate::host::record::Recorded;
 use crate::lifecycle::{Event, Previous};
 use crate::plan::Plan;
 
-pub const STATE_DIR: &str = "/var/lib/berth";
+pub(crate) const STATE_DIR: &str = "/var/lib/berth";
 const FORMAT: u32 = 1;
 
 pub use crate::lifecycle::{Phase, UpgradeOutcome};
@@ -175,7 +175,7 @@ pub enum StateError {
     BadInstanceId(String),
 }
 
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -260,7 +260,7 @@ impl State {
     }
 
     /// The upgrade record, as the upgrade decision reads it ([`crate::lifecycle::decide`]).
-    pub fn previous_upgrade(&self) -> Option<Previous<'_>> {
+    pub(crate) fn previous_upgrade(&self) -> Option<Previous<'_>> {
         self.upgrade.as_ref().map(|r| Previous {
             outcome: &r.outcome,
             boot_id: &r.boot_id,
@@ -269,7 +269,7 @@ impl State {
     }
 
     /// Moves the node to the phase `event` leads to ([`Phase::on`]).
-    pub fn transition(&mut self, event: Event) {
+    pub(crate) fn transition(&mut self, event: Event) {
         self.phase = self.phase.on(event);
     }
 
@@ -287,7 +287,7 @@ impl State {
     }
 
     /// The upgrade failed under `upgrade_failure: block`: nothing is configured.
-    pub fn block_on_upgrade(&mut self, error: String) {
+    pub(crate) fn block_on_upgrade(&mut self, error: String) {
         self.transition(Event::UpgradeBlocked);
         self.last_error = Some(error);
     }
@@ -302,7 +302,7 @@ impl State {
     }
 
     /// The plan's files and unit actions are about to be applied for `membership`.
-    pub fn start_apply(&mut self, membership: Membership, condition: String) {
+    pub(crate) fn start_apply(&mut self, membership: Membership, condition: String) {
         self.transition(Event::ApplyStarted);
         self.membership = Some(membership);
         self.condition = Some(condition);

@@ -345,13 +345,8 @@ impl Ec2Client {
         self.attempts.load(Ordering::Relaxed)
     }
 
-    /// EC2's clock minus this host's, as measured when EC2 refused a request's time; zero
-    /// until then. Positive: the host's clock is behind.
-    pub fn clock_skew(&self) -> Duration {
-        Duration::from_millis(self.skew_ms.load(Ordering::Relaxed).unsigned_abs())
-    }
-
-    /// The skew in signed milliseconds (EC2 minus this host).
+    /// EC2's clock minus this host's, in signed milliseconds, as measured when EC2 refused a
+    /// request's time; zero until then. Positive: the host's clock is behind.
     pub fn clock_skew_ms(&self) -> i64 {
         self.skew_ms.load(Ordering::Relaxed)
     }

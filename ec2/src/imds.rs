@@ -12,14 +12,15 @@
 //! answered. A token belongs to the endpoint that issued it.
 //!
 //! Every read follows the client's [`RetryPolicy`]: 5xx, 429, refused or reset connections and
-//! timeouts are retried with backoff under the deadline; 404 means "absent" (`Ok(None)`); 401
+//! timeouts are retried with backoff under the operation's deadline; 404 means "absent" (`Ok(None)`); 401
 //! drops the token and retries with a new one; other statuses are errors naming the URL and
 //! status. Values are validated enough that garbage is an error naming the IMDS path. Requests
 //! go through the one [`Transport`]: no redirect is followed (IMDS never redirects, and a
 //! redirect would carry the session token elsewhere).
 //!
 //! A deadline bounds an operation, not a request: [`ImdsClient::identity`] makes about ten
-//! requests, and all of them together get the policy's 60 s (see [`Operation`]).
+//! requests, and all of them together get the policy's 60 s (see [`Operation`]). The per-try
+//! timeout (2 s at boot) doubles for the rest of the operation each time a try uses all of it.
 //!
 //! Bounds (each a constant below, with its reason): a body [`MAX_BODY`], a token
 //! [`MAX_TOKEN_LEN`], the tag listing [`TAG_LISTING_MAX_BYTES`], a tag value
@@ -303,7 +304,7 @@ impl ImdsClient {
     }
 
     /// As [`get`](Self::get), as one request of the operation `op` (sharing its deadline).
-    pub async fn get_within(
+    pub(crate) async fn get_within(
         &self,
         path: &str,
         op: &Operation,
@@ -317,7 +318,7 @@ impl ImdsClient {
     }
 
     /// Reads `path` as bytes. `Ok(None)` when IMDS answers 404.
-    pub async fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ImdsError> {
+    pub(crate) async fn get_bytes(&self, path: &str) -> Result<Option<Vec<u8>>, ImdsError> {
         self.read(path, MAX_BODY, &self.operation()).await
     }
 

@@ -46,7 +46,7 @@ pub fn hold(secret: &str) {
 }
 
 /// `text` with every held secret replaced by `** redacted **`.
-pub fn scrub(text: &str) -> String {
+pub(crate) fn scrub(text: &str) -> String {
     let held = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = text.to_string();
     for secret in held.iter() {

@@ -1,6 +1,10 @@
-//! How every remote call berth makes is retried: a per-try timeout, a bounded number of attempts,
-//! exponential backoff with full jitter capped at `max_delay`, and an overall deadline that no
-//! sleep ever crosses.
+//! How every remote call berth makes is retried. Retrying is per *operation* ([`Operation`]: the
+//! whole IMDS identity, a whole paged DescribeInstances), not per request: every request of an
+//! operation shares one deadline, which no attempt and no sleep ever crosses. Each attempt has a
+//! per-try timeout that starts at the policy's and doubles, for the rest of the operation, each
+//! time an attempt uses all of it. Failed attempts are retried after an exponential backoff with
+//! full jitter capped at `max_delay`, up to `max_attempts` (unbounded in the production policies,
+//! where the deadline alone ends the wait).
 //!
 //! Full jitter (a delay drawn uniformly from `[0, min(max_delay, base_delay * 2^(n-1))]`) is what
 //! the AWS architecture blog recommends for a fleet hammering one API: when every node of a
@@ -20,7 +24,9 @@ use tokio::time::Instant;
 /// Limits for one logical remote call (all its attempts together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Longest one attempt may take, from connect to the last byte of the body.
+    /// Longest the first attempt of an operation may take, from connect to the last byte of the
+    /// body; doubled for the rest of the operation each time an attempt uses all of it (see
+    /// [`Operation`]), and always cut to what is left of the deadline.
     pub per_try_timeout: Duration,
     /// Attempts in total, the first included (0 is treated as 1); `u32::MAX` lets the deadline
     /// alone end the wait.
@@ -58,10 +64,13 @@ impl RetryPolicy {
     /// For EC2 DescribeInstances/DescribeTags during peer discovery.
     ///
     /// A page of 1000 instances can take several seconds to produce, hence the 10 s per-try
-    /// timeout. EC2 throttles per account and region, and every node of a cluster discovers at
-    /// once, so backoff starts at 500 ms and grows to 20 s (the AWS SDKs' own cap), for as many
-    /// attempts as the deadline allows. The deadline bounds a whole paged call. Discovery re-runs periodically, so a 2-minute deadline is enough: a later run
-    /// picks up what this one missed, and a converge loop never hangs on a throttled account.
+    /// timeout; like every per-try timeout it doubles for the rest of an operation each time it
+    /// trips (see [`Operation`]). EC2 throttles per account and region, and every node of a
+    /// cluster discovers at once, so backoff starts at 500 ms and grows to 20 s (the AWS SDKs'
+    /// own cap), for as many attempts as the deadline allows. The 120 s deadline bounds one
+    /// operation (a whole paged DescribeInstances or DescribeTags, all pages together), not each
+    /// page. Discovery re-runs periodically, so 2 minutes is enough: a later run picks up what
+    /// this one missed, and a converge loop never hangs on a throttled account.
     pub fn ec2_discovery() -> Self {
         RetryPolicy {
             per_try_timeout: Duration::from_secs(10),
@@ -81,7 +90,7 @@ impl RetryPolicy {
     }
 
     /// The upper bound [`backoff`](Self::backoff) draws from.
-    pub fn backoff_cap(&self, failed: u32) -> Duration {
+    pub(crate) fn backoff_cap(&self, failed: u32) -> Duration {
         let shift = failed.saturating_sub(1).min(31);
         self.base_delay
             .checked_mul(1u32 << shift)
@@ -95,7 +104,8 @@ impl RetryPolicy {
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
-    /// The per-try timeout, shortened to what is left of the deadline.
+    /// The operation's current per-try timeout (the policy's, doubled each time an earlier
+    /// attempt used all of it), shortened to what is left of the deadline.
     pub timeout: Duration,
 }
 
@@ -218,7 +228,7 @@ where
 /// end (it would have timed out on a healthy server too), so when an earlier attempt failed, that
 /// earlier error is the one reported: a throttled account reads as throttled, not as "timed out
 /// after 3 ms".
-pub async fn run_within<T, E, F, Fut>(
+pub(crate) async fn run_within<T, E, F, Fut>(
     policy: &RetryPolicy,
     operation: &Operation,
     what: &str,

@@ -40,7 +40,7 @@ pub enum SignError {
 /// (included in the signature, as EC2 and the EBS direct APIs accept).
 ///
 /// Any previous signature headers are removed first, so a request may be re-signed.
-pub fn sign_request(
+pub(crate) fn sign_request(
     req: &mut http::Request<Vec<u8>>,
     creds: &Credentials,
     region: &str,

@@ -144,14 +144,9 @@ fn timeout_text(after: Duration, connected: bool, head: bool) -> String {
 }
 
 impl Failure {
-    /// Whether another attempt might succeed.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, Failure::Redirect { .. } | Failure::TooLarge { .. })
-    }
-
     /// Whether the endpoint itself looks unreachable (no connection made): a client with more
     /// than one endpoint moves to the next.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         matches!(
             self,
             Failure::Connect(_)

@@ -60,7 +60,10 @@ impl Element {
     }
 
     /// All children named `name`.
-    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+    pub(crate) fn children_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Element> + 'a {
         self.children.iter().filter(move |c| c.name == name)
     }
 
@@ -70,7 +73,7 @@ impl Element {
     }
 
     /// The text at `path`, when the element exists.
-    pub fn text_at(&self, path: &[&str]) -> Option<&str> {
+    pub(crate) fn text_at(&self, path: &[&str]) -> Option<&str> {
         self.at(path).map(|e| e.text.as_str())
     }
 
@@ -314,7 +317,7 @@ impl Default for InstanceBounds<'_> {
 }
 
 /// As [`parse_describe_instances`], within `bounds`.
-pub fn parse_describe_instances_bounded(
+pub(crate) fn parse_describe_instances_bounded(
     xml: &str,
     bounds: &InstanceBounds<'_>,
 ) -> Result<DescribeInstancesPage, XmlError> {
@@ -517,7 +520,7 @@ pub struct DescribeTagsPage {
 }
 
 /// Parses a `DescribeTagsResponse`.
-pub fn parse_describe_tags(xml: &str) -> Result<DescribeTagsPage, XmlError> {
+pub(crate) fn parse_describe_tags(xml: &str) -> Result<DescribeTagsPage, XmlError> {
     let root = expect_root(xml, "DescribeTagsResponse")?;
     let mut tags = Vec::new();
     for (t, item) in root.items(&["tagSet"]).enumerate() {
@@ -547,7 +550,7 @@ pub struct AwsError {
 /// <RequestID>..</RequestID></Response>` (and the `<ErrorResponse><Error>` shape some AWS query
 /// services use, and `<ErrorResponse><Errors><Error>`, which moto answers for EC2 requests its
 /// signature or IAM policy check refuses). The first error is returned.
-pub fn parse_error(xml: &str) -> Result<AwsError, XmlError> {
+pub(crate) fn parse_error(xml: &str) -> Result<AwsError, XmlError> {
     let root = parse_document(xml)?;
     let (error, at) = match root.name.as_str() {
         "Response" => (root.at(&["Errors", "Error"]), "Response/Errors/Error"),

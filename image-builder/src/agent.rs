@@ -83,7 +83,7 @@ fn check_elf(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
 }
 
 /// Parses the first line of `berth-agent --version` ("berth-agent 0.1.0").
-pub fn parse_version_output(out: &str) -> Option<String> {
+pub(crate) fn parse_version_output(out: &str) -> Option<String> {
     let line = out.lines().next()?.trim();
     let mut words = line.split_whitespace();
     let name = words.next()?;
@@ -100,7 +100,7 @@ pub fn parse_version_output(out: &str) -> Option<String> {
 /// Asks the agent binary for its version. Returns `None` when it cannot run
 /// here (another architecture), is slow, or does not answer like berth-agent;
 /// the caller then needs `--agent-version`.
-pub fn probe_version(path: &Path) -> Option<String> {
+pub(crate) fn probe_version(path: &Path) -> Option<String> {
     let mut child = Command::new(path)
         .arg("--version")
         .stdin(Stdio::null())

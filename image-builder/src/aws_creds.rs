@@ -138,7 +138,7 @@ fn expand_home(p: &str, home: Option<&Path>) -> PathBuf {
 }
 
 /// The first two sources, which need no network: `Ok(None)` when neither is configured.
-pub fn from_env_or_file(env: &Env) -> Result<Option<(Credentials, Source)>, CredsError> {
+pub(crate) fn from_env_or_file(env: &Env) -> Result<Option<(Credentials, Source)>, CredsError> {
     match (
         env.get("AWS_ACCESS_KEY_ID"),
         env.get("AWS_SECRET_ACCESS_KEY"),

@@ -45,6 +45,7 @@ pub enum Cmd {
     },
     /// Show what berth layered on a commit, compared to its base.
     Inspect {
+        /// The OSTree repository holding the commit.
         #[arg(long)]
         repo: PathBuf,
         /// Ref or commit checksum.
@@ -165,6 +166,7 @@ pub struct AmiArgs {
     /// The AMI name (unique per account and region; an existing one is reported, not replaced).
     #[arg(long)]
     pub name: String,
+    /// The AMI's description (default: empty).
     #[arg(long)]
     pub description: Option<String>,
     /// The region to upload to and register in.

@@ -20,15 +20,15 @@ use crate::tree::{self, Entry};
 
 /// Metadata keys berth writes on its commits.
 pub mod keys {
-    pub const VERSION: &str = "version";
-    pub const BASE_COMMIT: &str = "berth.base-commit";
+    pub(crate) const VERSION: &str = "version";
+    pub(crate) const BASE_COMMIT: &str = "berth.base-commit";
     pub const BASE_REF: &str = "berth.base-ref";
-    pub const BASE_VERSION: &str = "berth.base-version";
+    pub(crate) const BASE_VERSION: &str = "berth.base-version";
     pub const AGENT_VERSION: &str = "berth.agent-version";
-    pub const AGENT_SHA256: &str = "berth.agent-sha256";
-    pub const PROFILES: &str = "berth.profiles";
-    pub const UNITS: &str = "berth.units";
-    pub const REF_BINDING: &str = "ostree.ref-binding";
+    pub(crate) const AGENT_SHA256: &str = "berth.agent-sha256";
+    pub(crate) const PROFILES: &str = "berth.profiles";
+    pub(crate) const UNITS: &str = "berth.units";
+    pub(crate) const REF_BINDING: &str = "ostree.ref-binding";
 }
 
 /// Base metadata that describes the base commit itself, not the tree: the
@@ -134,7 +134,7 @@ pub fn source_date_epoch(value: Option<&str>) -> Result<Option<u64>, CommitError
     }
 }
 
-pub fn open_repo(path: &Path) -> Result<Repo, CommitError> {
+pub(crate) fn open_repo(path: &Path) -> Result<Repo, CommitError> {
     let repo = Repo::new_for_path(path);
     repo.open(gio::Cancellable::NONE)
         .map_err(|source| CommitError::OpenRepo {

@@ -219,7 +219,7 @@ pub fn parse_size(s: &str) -> Result<u64, DiskError> {
 /// berth's kernel arguments: the root by UUID (the same on virtio, SCSI or NVMe disks), and the
 /// serial console last so that it is `/dev/console`: EC2's "Get system log" and the QEMU tests
 /// read it.
-pub fn base_kargs(root_uuid: &str) -> Vec<String> {
+pub(crate) fn base_kargs(root_uuid: &str) -> Vec<String> {
     vec![
         format!("root=UUID={root_uuid}"),
         "rw".into(),

@@ -18,7 +18,6 @@
 //! Not for: the EC2 side of snapshots (DescribeSnapshots, DeleteSnapshot: see
 //! [`crate::images`]), or deciding which blocks to write (see [`crate::ami`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -196,7 +195,6 @@ pub struct EbsClient {
     region: String,
     policy: RetryPolicy,
     transport: Transport,
-    requests: AtomicU64,
 }
 
 struct Call<'a> {
@@ -224,19 +222,13 @@ impl EbsClient {
             region,
             policy,
             transport: Transport::new(TransportConfig::ebs()),
-            requests: AtomicU64::new(0),
         }
     }
 
     /// `https://ebs.{region}.amazonaws.com/`.
-    pub fn default_endpoint(region: &str) -> Url {
+    pub(crate) fn default_endpoint(region: &str) -> Url {
         Url::parse(&format!("https://ebs.{region}.amazonaws.com/"))
             .expect("a region name makes a valid host name")
-    }
-
-    /// HTTP requests sent so far, retries included.
-    pub fn requests_sent(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 
     pub async fn start_snapshot(
@@ -532,7 +524,6 @@ impl EbsClient {
                 source: source.without_url(),
             })
         })?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let reply = match self
             .transport
             .send(req, attempt.timeout, MAX_RESPONSE)

@@ -37,7 +37,7 @@ pub struct Registration {
 }
 
 /// The device the root volume is attached as (the name Amazon Linux and Fedora AMIs use).
-pub const ROOT_DEVICE: &str = "/dev/xvda";
+pub(crate) const ROOT_DEVICE: &str = "/dev/xvda";
 
 impl Registration {
     /// The RegisterImage parameters: HVM, x86_64, one gp3 root volume from the snapshot
@@ -199,7 +199,7 @@ fn image_id_of(action: &'static str, xml: &str) -> Result<String, ImagesError> {
 }
 
 /// The images of this account named `name` (EC2 allows one per region and account).
-pub async fn images_named(
+pub(crate) async fn images_named(
     ec2: &Ec2Client,
     creds: &Credentials,
     name: &str,
@@ -218,7 +218,7 @@ pub async fn images_named(
 }
 
 /// A snapshot's `status` (`pending`, `completed`, `error`) and `progress`.
-pub async fn snapshot_status(
+pub(crate) async fn snapshot_status(
     ec2: &Ec2Client,
     creds: &Credentials,
     snapshot_id: &str,
@@ -240,7 +240,7 @@ pub async fn snapshot_status(
     ))
 }
 
-pub async fn register_image(
+pub(crate) async fn register_image(
     ec2: &Ec2Client,
     creds: &Credentials,
     reg: &Registration,
@@ -249,7 +249,7 @@ pub async fn register_image(
     image_id_of("RegisterImage", &xml)
 }
 
-pub async fn create_tags(
+pub(crate) async fn create_tags(
     ec2: &Ec2Client,
     creds: &Credentials,
     resources: &[&str],
@@ -271,7 +271,7 @@ pub async fn create_tags(
 }
 
 /// CopyImage, called in the destination region's client.
-pub async fn copy_image(
+pub(crate) async fn copy_image(
     dest: &Ec2Client,
     creds: &Credentials,
     source_region: &str,
@@ -291,7 +291,7 @@ pub async fn copy_image(
     image_id_of("CopyImage", &xml)
 }
 
-pub async fn delete_snapshot(
+pub(crate) async fn delete_snapshot(
     ec2: &Ec2Client,
     creds: &Credentials,
     snapshot_id: &str,

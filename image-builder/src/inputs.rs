@@ -69,7 +69,7 @@ impl Classified for InputError {
 }
 
 /// Every profile directory holds this manifest (see configs/profiles/).
-pub const PROFILE_MANIFEST: &str = "profile.yaml";
+pub(crate) const PROFILE_MANIFEST: &str = "profile.yaml";
 
 /// What the user asked for, as given on the command line.
 #[derive(Debug, Clone, Default)]

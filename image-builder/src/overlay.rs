@@ -10,18 +10,18 @@ use std::collections::BTreeMap;
 /// The agent keeps its per-instance state here. A commit that carries any of
 /// it makes every instance launched from the image look "already done" and
 /// skip its first boot.
-pub const STATE_DIR: &str = "/var/lib/berth";
+pub(crate) const STATE_DIR: &str = "/var/lib/berth";
 
-pub const AGENT_PATH: &str = "/usr/bin/berth-agent";
-pub const UNIT_DIR: &str = "/usr/lib/systemd/system";
-pub const PRESET_DIR: &str = "/usr/lib/systemd/system-preset";
-pub const PROFILE_DIR: &str = "/usr/share/berth/profiles";
+pub(crate) const AGENT_PATH: &str = "/usr/bin/berth-agent";
+pub(crate) const UNIT_DIR: &str = "/usr/lib/systemd/system";
+pub(crate) const PRESET_DIR: &str = "/usr/lib/systemd/system-preset";
+pub(crate) const PROFILE_DIR: &str = "/usr/share/berth/profiles";
 /// OSTree's default layer for `/etc`: merged into `/etc` on deploy.
-pub const CONFIG_DIR: &str = "/usr/etc/berth";
-pub const CONFIG_PATH: &str = "/usr/etc/berth/config.yaml";
+pub(crate) const CONFIG_DIR: &str = "/usr/etc/berth";
+pub(crate) const CONFIG_PATH: &str = "/usr/etc/berth/config.yaml";
 
 /// Every top-level path berth itself writes; `inspect` walks these.
-pub const BERTH_ROOTS: &[&str] = &[
+pub(crate) const BERTH_ROOTS: &[&str] = &[
     AGENT_PATH,
     UNIT_DIR,
     PRESET_DIR,
@@ -78,7 +78,7 @@ impl Classified for PathError {
 /// Normalises an image path: absolute, no `.`/`..`/empty components, and
 /// `/etc/...` moved to `/usr/etc/...` because OSTree ships `/etc` defaults in
 /// `/usr/etc` and merges them into `/etc` on deploy.
-pub fn normalize(path: &str) -> Result<String, PathError> {
+pub(crate) fn normalize(path: &str) -> Result<String, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute { path: path.into() });
     }

@@ -22,7 +22,7 @@ pub struct CommitInfo {
     pub root: Root,
 }
 
-pub fn read_commit(repo: &Repo, checksum: &str) -> Result<CommitInfo, glib::Error> {
+pub(crate) fn read_commit(repo: &Repo, checksum: &str) -> Result<CommitInfo, glib::Error> {
     let v = repo.load_variant(ObjectType::Commit, checksum)?;
     Ok(CommitInfo {
         metadata: v.child_value(0),
@@ -37,7 +37,7 @@ pub fn read_commit(repo: &Repo, checksum: &str) -> Result<CommitInfo, glib::Erro
 }
 
 /// Looks up `key` in an `a{sv}` dictionary.
-pub fn meta_value(metadata: &Variant, key: &str) -> Option<Variant> {
+pub(crate) fn meta_value(metadata: &Variant, key: &str) -> Option<Variant> {
     metadata.iter().find_map(|entry| {
         (entry.child_value(0).str() == Some(key)).then(|| {
             let v = entry.child_value(1);
@@ -47,11 +47,11 @@ pub fn meta_value(metadata: &Variant, key: &str) -> Option<Variant> {
 }
 
 /// Looks up a string (`s`) or string-array (`as`) metadata key.
-pub fn meta_str(metadata: &Variant, key: &str) -> Option<String> {
+pub(crate) fn meta_str(metadata: &Variant, key: &str) -> Option<String> {
     meta_value(metadata, key).and_then(|v| v.str().map(str::to_owned))
 }
 
-pub fn meta_strv(metadata: &Variant, key: &str) -> Vec<String> {
+pub(crate) fn meta_strv(metadata: &Variant, key: &str) -> Vec<String> {
     meta_value(metadata, key)
         .and_then(|v| v.get::<Vec<String>>())
         .unwrap_or_default()
@@ -112,7 +112,7 @@ pub enum Entry {
 }
 
 /// Finds `path` (absolute, normalised) under `root`.
-pub fn lookup(repo: &Repo, root: &Root, path: &str) -> Result<Entry, glib::Error> {
+pub(crate) fn lookup(repo: &Repo, root: &Root, path: &str) -> Result<Entry, glib::Error> {
     let comps: Vec<&str> = path
         .trim_start_matches('/')
         .split('/')

@@ -61,7 +61,7 @@ pub struct BoxOutcome {
 
 /// The box's own Vagrantfile: what every VM made from it needs, whatever the user's
 /// Vagrantfile says.
-pub const BOX_VAGRANTFILE: &str = r#"# Defaults of a box made by `berth-image vagrant-box`.
+pub(crate) const BOX_VAGRANTFILE: &str = r#"# Defaults of a box made by `berth-image vagrant-box`.
 Vagrant.configure("2") do |config|
   config.vm.provider :libvirt do |libvirt|
     libvirt.driver = "kvm"

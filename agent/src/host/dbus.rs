@@ -34,11 +34,6 @@ pub struct DbusHost {
 }
 
 impl DbusHost {
-    /// Everything on the system bus: the production host.
-    pub async fn system() -> Result<Self, HostError> {
-        Self::connect(&DbusAddresses::default()).await
-    }
-
     pub async fn connect(addresses: &DbusAddresses) -> Result<Self, HostError> {
         let systemd = match &addresses.system {
             None => Systemd::system().await,

@@ -16,7 +16,7 @@ use super::systemd::connect_bus;
 
 /// A logind or systemd that does not even queue the reboot within this long is not going to;
 /// 25 s is the default D-Bus method call timeout that GDBus and libdbus use.
-pub const REBOOT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
+pub(crate) const REBOOT_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 #[proxy(
     interface = "org.freedesktop.login1.Manager",
@@ -64,16 +64,6 @@ pub struct Login {
 }
 
 impl Login {
-    pub async fn system() -> Result<Self, RebootError> {
-        let conn = Connection::system()
-            .await
-            .map_err(|source| RebootError::Connect {
-                address: "system bus".into(),
-                source,
-            })?;
-        Ok(Login { conn })
-    }
-
     pub async fn connect(address: &str) -> Result<Self, RebootError> {
         let conn = connect_bus(address)
             .await

@@ -33,21 +33,21 @@ use super::UpgradeOutcome;
 pub const BUS_NAME: &str = "org.projectatomic.rpmostree1";
 pub const SYSROOT_PATH: &str = "/org/projectatomic/rpmostree1/Sysroot";
 /// What the daemon shows as the transaction's initiator (`rpm-ostree status`).
-pub const CLIENT_ID: &str = "berth-agent";
+pub(crate) const CLIENT_ID: &str = "berth-agent";
 
 /// The whole upgrade transaction: pulling a new OSTree commit (a few hundred MB for Fedora
 /// Atomic/CoreOS) and writing the deployment. 30 minutes covers a slow mirror; past that the
 /// transaction is cancelled and the next run of the agent tries again.
-pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A daemon method that queues nothing (RegisterClient, Upgrade, Start, Reload) answers at once;
 /// 25 s is the default method timeout of GDBus, which the daemon and its own client use.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// After `Cancel`, how long to wait for the transaction's `Finished`. The daemon checks its
 /// cancellable between pull requests, which is quick; if it does not finish by then the agent
 /// returns anyway, the cancel having been delivered.
-pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 #[proxy(
     interface = "org.projectatomic.rpmostree1.Sysroot",
@@ -150,7 +150,7 @@ fn cancelled_text(cancelled: bool) -> &'static str {
 
 /// A deployment as the daemon describes it (the `a{sv}` of `DefaultDeployment`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deployment {
+pub(crate) struct Deployment {
     pub id: String,
     pub checksum: String,
 }
@@ -180,16 +180,6 @@ pub struct RpmOstree {
 }
 
 impl RpmOstree {
-    pub async fn system() -> Result<Self, RpmOstreeError> {
-        let conn = Connection::system()
-            .await
-            .map_err(|source| RpmOstreeError::Connect {
-                address: "system bus".into(),
-                source,
-            })?;
-        Ok(Self::on(conn))
-    }
-
     /// A bus at `address`; tests run a stand-in daemon on a private `dbus-daemon`.
     pub async fn connect(address: &str) -> Result<Self, RpmOstreeError> {
         let conn = connect_bus(address)

@@ -19,12 +19,12 @@ use zbus::{proxy, Connection, OwnedObjectPath};
 /// each, so a restart that hits both ends after about 180 s with result `timeout`, which is the
 /// error a user should see. This deadline sits above that so systemd's own verdict wins; it only
 /// fires when systemd stops answering altogether.
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(240);
+pub(crate) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// How long a manager call that queues nothing (Reload, EnableUnitFiles, GetUnitFileState) may
 /// take. A daemon-reload of a few hundred units takes well under a second; 90 s is the timeout
 /// `systemctl` itself uses for its bus calls (`DEFAULT_TIMEOUT_USEC` in systemd).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[proxy(
     interface = "org.freedesktop.systemd1.Manager",

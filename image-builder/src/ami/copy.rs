@@ -12,7 +12,7 @@ use super::{control_policy, AmiError, AmiRequest};
 /// Copies `image_id` from the request's region to each of `req.copy_regions`, skipping a
 /// region that has an image of that name already (a rerun resumes the copies). Returns
 /// region → image id. CopyImage returns at once; the copy completes in the background.
-pub async fn to_regions(
+pub(crate) async fn to_regions(
     req: &AmiRequest,
     creds: &Provider,
     image_id: &str,

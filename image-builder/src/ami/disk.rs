@@ -74,7 +74,7 @@ impl Disk {
     }
 
     /// Block `index`, zero-padded past the end of the file; `None` when it is all zeros.
-    pub fn read_block(&self, index: u64) -> Result<Option<Vec<u8>>, AmiError> {
+    pub(crate) fn read_block(&self, index: u64) -> Result<Option<Vec<u8>>, AmiError> {
         let offset = index * BLOCK_SIZE as u64;
         let want = (self.len - offset).min(BLOCK_SIZE as u64) as usize;
         let mut buf = vec![0u8; BLOCK_SIZE];

@@ -42,7 +42,8 @@ use crate::kind::{Classified, Kind};
 
 pub use disk::Disk;
 pub use snapshot::upload_blocks;
-pub use validate::{check_boot_mode, check_name, parse_ec2_endpoint, parse_tag};
+use validate::check_boot_mode;
+pub use validate::{parse_ec2_endpoint, parse_tag};
 
 /// Default parallel block uploads: EBS direct APIs serve about a thousand PutSnapshotBlock
 /// requests a second per account; 16 in flight saturate a gigabit link with 512 KiB blocks
@@ -84,7 +85,7 @@ pub enum BootMode {
 
 impl BootMode {
     /// The value RegisterImage takes.
-    pub fn as_ec2(self) -> &'static str {
+    pub(crate) fn as_ec2(self) -> &'static str {
         match self {
             BootMode::Uefi => "uefi",
             BootMode::LegacyBios => "legacy-bios",
@@ -224,7 +225,7 @@ pub struct UploadStats {
 
 /// Uploads the disk and registers the AMI (see the module doc); `creds` resolves the
 /// credentials. Refusals ([`Kind::Refused`]) come before any request.
-pub async fn build_ami(req: &AmiRequest, creds: &Provider) -> Result<AmiOutcome, AmiError> {
+pub(crate) async fn build_ami(req: &AmiRequest, creds: &Provider) -> Result<AmiOutcome, AmiError> {
     req.validate()?;
     let disk = Disk::open(&req.disk)?;
     check_boot_mode(&disk, req.boot_mode)?;

@@ -223,7 +223,7 @@ fn client_token() -> String {
 }
 
 /// Deletes the snapshot this run made after `e`, and says in the error whether that worked.
-pub async fn delete_after(
+pub(crate) async fn delete_after(
     ec2: &Ec2Client,
     creds: &Provider,
     snapshot_id: &str,

@@ -33,7 +33,7 @@ pub fn parse_tag(arg: &str) -> Result<(String, String), AmiError> {
 }
 
 /// EC2's AMI name rule: 3 to 128 characters from letters, digits, `( ) [ ] . / - ' @ _` and space.
-pub fn check_name(name: &str) -> Result<(), AmiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), AmiError> {
     let ok = (3..=128).contains(&name.chars().count())
         && name
             .chars()
@@ -50,7 +50,7 @@ pub fn check_name(name: &str) -> Result<(), AmiError> {
     }
 }
 
-pub fn check_region(field: &str, region: &str) -> Result<(), AmiError> {
+pub(crate) fn check_region(field: &str, region: &str) -> Result<(), AmiError> {
     if !region.is_empty()
         && region
             .chars()
@@ -143,7 +143,7 @@ pub fn copy_regions<'a>(regions: impl IntoIterator<Item = &'a str>) -> Vec<Strin
 /// Refuses a boot mode the disk cannot boot in: an AMI registered with it launches instances
 /// that never come up, which EC2 reports only as an instance that fails its status checks.
 /// Judged from the GPT; a disk without one (an MBR disk of the user's own) is not judged.
-pub fn check_boot_mode(disk: &Disk, mode: BootMode) -> Result<(), AmiError> {
+pub(crate) fn check_boot_mode(disk: &Disk, mode: BootMode) -> Result<(), AmiError> {
     use crate::disk::gpt;
     let mut file = disk.file();
     let parts = match gpt::read(&mut file) {

@@ -73,7 +73,7 @@ pub fn find(
 /// removable-media default (`EFI/BOOT/BOOTX64.EFI`, found without NVRAM entries, as on a fresh
 /// VM or EC2 instance), the ext4 driver it loads, and `loader.conf`. Nothing it boots lives
 /// here: the entries and kernels stay on `/boot`, where libostree keeps them current.
-pub fn fill(esp: &Path, files: Option<&BootFiles>) -> Result<(), DiskError> {
+pub(crate) fn fill(esp: &Path, files: Option<&BootFiles>) -> Result<(), DiskError> {
     let Some(files) = files else {
         return std::fs::create_dir(esp).map_err(io(esp));
     };

@@ -9,14 +9,14 @@
 use crate::kind::{Classified, Kind};
 use std::io::{Read, Seek, SeekFrom, Write};
 
-pub const SECTOR: u64 = 512;
+pub(crate) const SECTOR: u64 = 512;
 const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
 /// Sectors taken by the entry array: 128 × 128 bytes.
 const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
 /// Partitions start on 1 MiB boundaries, as every partitioning tool does, for the sake of
 /// storage with large erase blocks and of 4K-sector disks.
-pub const ALIGN: u64 = 1 << 20;
+pub(crate) const ALIGN: u64 = 1 << 20;
 
 /// A GUID as written on the command line (`C12A7328-F81F-11D2-BA4B-00A0C93EC93B`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Guid {
 
     /// A version-4-shaped GUID from 16 bytes of a hash: disks built from the same inputs get the
     /// same identifiers, so the image is reproducible.
-    pub fn from_hash(h: &[u8]) -> Guid {
+    pub(crate) fn from_hash(h: &[u8]) -> Guid {
         let mut b = [0u8; 16];
         b.copy_from_slice(&h[..16]);
         b[6] = (b[6] & 0x0f) | 0x40;
@@ -120,14 +120,9 @@ impl Partition {
     }
 }
 
-/// The first LBA a partition may use, aligned.
-pub fn first_usable_aligned() -> u64 {
-    ALIGN / SECTOR
-}
-
 /// The last LBA a partition may use on a disk of `disk_size` bytes (before the backup entries
 /// and header).
-pub fn last_usable(disk_size: u64) -> u64 {
+pub(crate) fn last_usable(disk_size: u64) -> u64 {
     disk_size / SECTOR - 1 - ENTRY_SECTORS - 1
 }
 
@@ -286,7 +281,7 @@ pub fn read<F: Read + Seek>(disk: &mut F) -> Result<(Guid, Vec<Partition>), GptE
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as GPT uses).
-pub fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let mut t = [0u32; 256];

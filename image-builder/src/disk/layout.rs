@@ -16,7 +16,7 @@ const ESP_SIZE: u64 = 128 * MIB;
 const BOOT_MIN: u64 = 512 * MIB;
 /// Free room in the root file system on top of the tree, the journal and ext4's metadata when
 /// `--size` is not given: /var grows (journal, container images come later).
-pub const ROOT_HEADROOM: u64 = 1024 * MIB;
+pub(crate) const ROOT_HEADROOM: u64 = 1024 * MIB;
 /// The first partition starts at 1 MiB.
 const ALIGN_START: u64 = gpt::ALIGN;
 /// The backup GPT (entries and header) plus alignment slack at the end of the disk.

@@ -79,7 +79,7 @@ fn clear_deployments(sysroot: &Path) {
 
 /// Clears `FS_IMMUTABLE_FL` on one directory (what `chattr -i` does), without following a
 /// symlink.
-pub fn clear_immutable(path: &Path) -> std::io::Result<()> {
+pub(crate) fn clear_immutable(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.is_dir() {

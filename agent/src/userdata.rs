@@ -24,6 +24,11 @@
 //! - [`MAX_DEPTH`]: berth's configuration is two levels deep and cloud-config documents rarely
 //!   pass six. YAML parsers load the whole event stream before they check depth, and nesting
 //!   tens of thousands deep takes them seconds to minutes; a linear pre-scan refuses it first.
+//! - [`MAX_NODES`]: a YAML parser keeps every event of a document in memory, about 160 bytes
+//!   each, so 256 KiB of tiny flow items costs 22 MiB over the agent's own 8 MiB. The same
+//!   pre-scan counts collections, entries and keys (block scalars, where scripts and file
+//!   contents live, count as one) and refuses a document with more, which keeps the agent's peak
+//!   RSS within its 20 MiB goal on any user-data; real configuration has hundreds.
 
 use std::io::Read;
 
@@ -35,6 +40,9 @@ pub const MAX_RAW_BYTES: usize = 16 * 1024;
 pub const MAX_DECOMPRESSED_BYTES: usize = 256 * 1024;
 /// The deepest nesting of mappings, sequences and flow collections berth parses.
 pub const MAX_DEPTH: usize = 64;
+/// The most YAML nodes (collections, entries, keys) a user-data document may hold; see the
+/// module docs.
+pub const MAX_NODES: usize = 32 * 1024;
 /// The most MIME parts (nested multi-parts included) berth walks.
 pub const MAX_PARTS: usize = 64;
 /// The MIME content type of berth's part of multi-part user-data.
@@ -73,6 +81,15 @@ pub enum UserDataError {
          most {limit}"
     )]
     TooManyParts { limit: usize },
+    #[error(
+        "{source_name}: more than {limit} YAML nodes (collections, entries and keys) by line \
+         {line}; berth's configuration has a few dozen: move bulk data out of user-data"
+    )]
+    TooManyNodes {
+        source_name: String,
+        line: usize,
+        limit: usize,
+    },
     #[error("user-data: the MIME multi-part document cannot be read ({message}); check its boundaries and encodings")]
     Mime { message: String },
     #[error(
@@ -368,7 +385,8 @@ fn safe_content_type(t: &str) -> String {
     }
 }
 
-/// Refuses YAML (or JSON) nested deeper than [`MAX_DEPTH`], in one linear pass.
+/// Refuses YAML (or JSON) nested deeper than [`MAX_DEPTH`] or holding more than [`MAX_NODES`]
+/// nodes, in one linear pass.
 ///
 /// Depth counts block levels (a stack of indentation columns, plus `- ` and `? ` indicators
 /// opening nested collections on one line) and flow levels (`[`, `{` outside quotes and
@@ -382,8 +400,15 @@ pub fn check_depth(source: &str, text: &str) -> Result<(), UserDataError> {
         column,
         limit: MAX_DEPTH,
     };
+    let too_many = |line: usize| UserDataError::TooManyNodes {
+        source_name: source.to_string(),
+        line,
+        limit: MAX_NODES,
+    };
     let mut indents: Vec<usize> = Vec::new();
     let mut flow = 0usize;
+    // Collections, entries and keys seen so far, an upper estimate of the parser's events.
+    let mut nodes = 0usize;
     // Inside a quoted scalar that spans lines: the quote character.
     let mut quote: Option<u8> = None;
     // Inside a block scalar: lines indented more than this column belong to it.
@@ -424,6 +449,13 @@ pub fn check_depth(source: &str, text: &str) -> Result<(), UserDataError> {
             }
         }
         let base = indents.len() + line_depth;
+        // A block line holds an entry or a key (plus the collections it opens).
+        if quote.is_none() && flow == 0 {
+            nodes += 1 + line_depth;
+        }
+        if nodes > MAX_NODES {
+            return Err(too_many(ln + 1));
+        }
         if base + flow > MAX_DEPTH {
             return Err(too_deep(ln + 1, i + 1));
         }
@@ -449,10 +481,16 @@ pub fn check_depth(source: &str, text: &str) -> Result<(), UserDataError> {
                     b'"' | b'\'' if matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':') => {
                         quote = Some(c)
                     }
-                    b'[' | b'{' => {
-                        flow += 1;
-                        if base + flow > MAX_DEPTH {
-                            return Err(too_deep(ln + 1, i + 1));
+                    b'[' | b'{' | b',' => {
+                        nodes += 1;
+                        if nodes > MAX_NODES {
+                            return Err(too_many(ln + 1));
+                        }
+                        if c != b',' {
+                            flow += 1;
+                            if base + flow > MAX_DEPTH {
+                                return Err(too_deep(ln + 1, i + 1));
+                            }
                         }
                     }
                     b']' | b'}' => flow = flow.saturating_sub(1),
@@ -607,6 +645,29 @@ mod tests {
                   runcmd:\n  - [ sh, -c, 'echo \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"' ]\n";
         check_depth("user-data", cc).unwrap();
         check_depth("user-data", "a:\n  b:\n    c: [1, {d: [2]}]\n").unwrap();
+    }
+
+    #[test]
+    fn node_count_is_bounded_but_block_scalars_are_one_node() {
+        // Flat flow items: shallow, but each is an event the parser would keep.
+        let items = |n: usize| format!("x: [{}]\n", vec!["1"; n].join(", "));
+        check_depth("user-data", &items(MAX_NODES - 10)).unwrap();
+        let e = check_depth("user-data", &items(MAX_NODES + 1)).unwrap_err();
+        assert!(
+            matches!(e, UserDataError::TooManyNodes { line: 1, .. }),
+            "{e}"
+        );
+        // A block entry line `- x` counts two: its line and the `- ` indicator.
+        let entries = |n: usize| format!("runcmd:\n{}", "  - true\n".repeat(n));
+        check_depth("user-data", &entries(MAX_NODES / 2 - 10)).unwrap();
+        let e = check_depth("user-data", &entries(MAX_NODES / 2 + 1)).unwrap_err();
+        assert!(matches!(e, UserDataError::TooManyNodes { .. }), "{e}");
+        // A file's content in a block scalar is one node however long: 200 KiB of commas.
+        let big = format!(
+            "#cloud-config\nwrite_files:\n  - path: /etc/x.csv\n    content: |\n{}berth:\n  role: minion\n",
+            "      a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p\n".repeat(200 * 1024 / 38)
+        );
+        check_depth("user-data", &big).unwrap();
     }
 
     #[test]

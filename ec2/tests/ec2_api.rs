@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_ec2::api::{Ec2Client, Ec2Error};
 use berth_ec2::retry::{RetryPolicy, Stop};
@@ -372,15 +372,9 @@ async fn throttled_until_the_deadline_says_so() {
         deadline: Duration::from_millis(300),
     };
     let ec2 = Ec2Client::new(server.url(), REGION.into(), policy);
-    let started = Instant::now();
     let err = ec2.describe_instances(&creds(), &[]).await.unwrap_err();
-    // 1000 attempts would take some 30 s; the deadline ends them long before. The margin over
-    // 300 ms is for a loaded CI machine, not a speed target.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    // The deadline, not the 1000-attempt budget, ended the retries (`Stop::Deadline` below);
+    // the timing itself is proven on a paused clock in berth-ec2's retry unit tests.
     let Ec2Error::GaveUp { attempts, stop, .. } = &err else {
         panic!("expected GaveUp, got {err:?}");
     };

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use berth_ec2::imds::{ImdsClient, ImdsError, BERTH_TAG_KEYS};
 use berth_ec2::retry::{RetryPolicy, Stop};
@@ -225,14 +225,10 @@ async fn stalled_response_times_out_and_is_retried() {
         ..fast_policy()
     };
     let imds = ImdsClient::new(vec![server.url()], policy);
-    let started = Instant::now();
+    // The stall (5 s) uses up the whole policy's deadline (5 s) unless the 200 ms per-try timeout
+    // cut it and the retry got the answer.
     let value = imds.get("meta-data/instance-id").await.unwrap();
     assert_eq!(value.as_deref(), Some("i-0abc"));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]
@@ -253,12 +249,9 @@ async fn deadline_ends_retries_and_says_so() {
         deadline: Duration::from_millis(400),
     };
     let imds = ImdsClient::new(vec![server.url()], policy);
-    let started = Instant::now();
     let err = imds.get("meta-data/instance-id").await.unwrap_err();
-    let elapsed = started.elapsed();
-    // 1000 attempts would take some 30 s; the deadline ends them long before. The margin over
-    // 400 ms is for a loaded CI machine, not a speed target.
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    // The deadline, not the 1000-attempt budget, ended the retries (`Stop::Deadline` below);
+    // the timing itself is proven on a paused clock in berth-ec2's retry unit tests.
     let ImdsError::GaveUp {
         attempts,
         stop,

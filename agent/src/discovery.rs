@@ -161,6 +161,29 @@ pub fn membership_after(
     instances: &[Instance],
     previous: Option<&Membership>,
 ) -> Membership {
+    let mut notes = Notes::default();
+    let candidates = vet_candidates(me, config, instances, &mut notes);
+    let mut candidates = one_per_address(candidates, &mut notes);
+    refuse_shadowing_claims(&mut candidates, &mut notes);
+    mark_held(&mut candidates, previous);
+    let given = resolve_names(&candidates, &mut notes);
+    Membership {
+        nodes: into_nodes(candidates, given),
+        notes: notes.finish(),
+    }
+}
+
+/// Rules 1 and 2 of [`membership_after`] for each instance of EC2's answer, in its order: an
+/// instance with an invalid id is left out with a note; one listed twice counts once; one that is
+/// not a peer (state, VPC, security group, cluster tag) is skipped silently, as is this node's
+/// own entry; a peer without a valid `role` tag or usable private address is left out with a
+/// note. This node is added last, from IMDS, when its own address parses.
+fn vet_candidates(
+    me: &Me<'_>,
+    config: &Config,
+    instances: &[Instance],
+    notes: &mut Notes,
+) -> Vec<Candidate> {
     let my_groups: BTreeSet<&str> = me
         .identity
         .security_group_ids
@@ -168,7 +191,6 @@ pub fn membership_after(
         .map(String::as_str)
         .collect();
     let my_ip = me.identity.private_ipv4.parse::<Ipv4Addr>().ok();
-    let mut notes = Notes::default();
     let mut candidates: Vec<Candidate> = Vec::with_capacity(instances.len() + 1);
     let mut seen_ids: HashSet<&str> = HashSet::with_capacity(instances.len());
 
@@ -181,69 +203,15 @@ pub fn membership_after(
         if !seen_ids.insert(id.as_str()) {
             continue; // listed twice (pages overlapped): once is enough
         }
-        let live = matches!(inst.state.as_str(), "pending" | "running");
-        let same_vpc = inst.vpc_id.as_deref() == Some(me.identity.vpc_id.as_str());
-        let shares_group = inst
-            .security_group_ids
-            .iter()
-            .any(|g| my_groups.contains(g.as_str()));
-        let same_cluster = match &config.cluster {
-            Some(c) => inst.tags.get(CLUSTER_TAG) == Some(c),
-            None => true,
-        };
-        if !(live && same_vpc && shares_group && same_cluster) {
+        if !is_peer(inst, me, config, &my_groups) {
             continue; // EC2 should have filtered it; not a peer either way
         }
         if id == &me.identity.instance_id {
             continue; // this node is added below from IMDS, listed by EC2 yet or not
         }
-        let role = match inst.tags.get(ROLE_TAG).map(String::as_str) {
-            Some(r) => match Role::parse(r) {
-                Some(role) => role,
-                None => {
-                    notes.push(|| {
-                        format!(
-                            "left out {id}: its `role` tag {:?} is neither master nor minion",
-                            truncate(r)
-                        )
-                    });
-                    continue;
-                }
-            },
-            None => {
-                notes.push(|| format!("left out {id}: it has no `role` tag"));
-                continue;
-            }
-        };
-        let Some(private_ip) = inst
-            .private_ip_address
-            .as_deref()
-            .and_then(|s| s.parse::<Ipv4Addr>().ok())
-        else {
-            notes.push(|| format!("left out {id}: no valid private IPv4 address"));
-            continue;
-        };
-        if let Some(problem) = address_problem(private_ip) {
-            notes.push(|| format!("left out {id}: its private address {private_ip} {problem}"));
-            continue;
+        if let Some(c) = vet_peer(inst, me, my_ip, notes) {
+            candidates.push(c);
         }
-        if Some(private_ip) == my_ip {
-            notes.push(|| {
-                format!(
-                    "left out {id}: it claims this node's own address {private_ip} (this node \
-                     is {})",
-                    me.identity.instance_id
-                )
-            });
-            continue;
-        }
-        candidates.push(Candidate::new(
-            id.clone(),
-            role,
-            private_ip,
-            inst.tags.get("Name").map(String::as_str),
-            inst.private_dns_name.as_deref(),
-        ));
     }
     if let Some(private_ip) = my_ip {
         candidates.push(Candidate::new(
@@ -254,11 +222,90 @@ pub fn membership_after(
             Some(&me.identity.private_dns_name),
         ));
     }
+    candidates
+}
 
-    // One address, one instance. EC2 never gives two live instances one private address; an
-    // answer that does is wrong somewhere, and which one is meant cannot be known. The master,
-    // then the lower id, keeps it, so that every node that sees the same answer agrees (peers at
-    // this node's own address are already out).
+/// Whether `inst` matches the DescribeInstances [`filters`]: state pending or running, this
+/// node's VPC, one of its security groups, and its `berth:cluster` tag when it has one. EC2
+/// applies them already; its answer is checked again because it is untrusted.
+fn is_peer(inst: &Instance, me: &Me<'_>, config: &Config, my_groups: &BTreeSet<&str>) -> bool {
+    let live = matches!(inst.state.as_str(), "pending" | "running");
+    let same_vpc = inst.vpc_id.as_deref() == Some(me.identity.vpc_id.as_str());
+    let shares_group = inst
+        .security_group_ids
+        .iter()
+        .any(|g| my_groups.contains(g.as_str()));
+    let same_cluster = match &config.cluster {
+        Some(c) => inst.tags.get(CLUSTER_TAG) == Some(c),
+        None => true,
+    };
+    live && same_vpc && shares_group && same_cluster
+}
+
+/// A peer's role and address (rules 1 and 2 of [`membership_after`]): its `role` tag must be
+/// `master` or `minion`; its private IPv4 address must parse, pass [`address_problem`] and not
+/// be `my_ip`, this node's own. `None`, with one note saying why, when any of them fails.
+fn vet_peer(
+    inst: &Instance,
+    me: &Me<'_>,
+    my_ip: Option<Ipv4Addr>,
+    notes: &mut Notes,
+) -> Option<Candidate> {
+    let id = &inst.instance_id;
+    let role = match inst.tags.get(ROLE_TAG).map(String::as_str) {
+        Some(r) => match Role::parse(r) {
+            Some(role) => role,
+            None => {
+                notes.push(|| {
+                    format!(
+                        "left out {id}: its `role` tag {:?} is neither master nor minion",
+                        truncate(r)
+                    )
+                });
+                return None;
+            }
+        },
+        None => {
+            notes.push(|| format!("left out {id}: it has no `role` tag"));
+            return None;
+        }
+    };
+    let Some(private_ip) = inst
+        .private_ip_address
+        .as_deref()
+        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+    else {
+        notes.push(|| format!("left out {id}: no valid private IPv4 address"));
+        return None;
+    };
+    if let Some(problem) = address_problem(private_ip) {
+        notes.push(|| format!("left out {id}: its private address {private_ip} {problem}"));
+        return None;
+    }
+    if Some(private_ip) == my_ip {
+        notes.push(|| {
+            format!(
+                "left out {id}: it claims this node's own address {private_ip} (this node is {})",
+                me.identity.instance_id
+            )
+        });
+        return None;
+    }
+    Some(Candidate::new(
+        id.clone(),
+        role,
+        private_ip,
+        inst.tags.get("Name").map(String::as_str),
+        inst.private_dns_name.as_deref(),
+    ))
+}
+
+/// One address, one instance (rule 2 of [`membership_after`]). EC2 never gives two live
+/// instances one private address; an answer that does is wrong somewhere, and which one is meant
+/// cannot be known. The master, then the lower id, keeps it, so that every node that sees the
+/// same answer agrees; each other instance at that address is left out with a note. Peers at
+/// this node's own address are already out. Returns the kept candidates sorted by address.
+fn one_per_address(mut candidates: Vec<Candidate>, notes: &mut Notes) -> Vec<Candidate> {
     candidates.sort_unstable_by(|a, b| {
         a.ip.cmp(&b.ip)
             .then(a.role.cmp(&b.role))
@@ -274,13 +321,17 @@ pub fn membership_after(
             _ => kept.push(c),
         }
     }
-    let mut candidates = kept;
+    kept
+}
 
-    // A private DNS label belongs to the instance whose DNS name it is: no other may claim it
-    // with its Name tag (it would take the fallback name of that instance, or this node's own
-    // host name).
+/// A private DNS label belongs to the instance whose DNS name it is (the lowest id when several
+/// share it), so no other may claim it with its Name tag (rule 3 of [`membership_after`]): it
+/// would take that instance's fallback name, or this node's own host name. Such a claim is
+/// dropped with a note, and the candidate falls back to its own label. Then one note for each
+/// candidate whose Name tag was unusable from the start, in candidate order.
+fn refuse_shadowing_claims(candidates: &mut [Candidate], notes: &mut Notes) {
     let mut label_owner: HashMap<&str, &str> = HashMap::with_capacity(candidates.len());
-    for c in &candidates {
+    for c in candidates.iter() {
         if let Some(l) = &c.label {
             label_owner
                 .entry(l.as_str())
@@ -313,14 +364,17 @@ pub fn membership_after(
             )
         });
     }
-    for c in &candidates {
+    for c in candidates.iter() {
         if let Some(reason) = &c.tag_problem {
             let id = &c.instance_id;
             notes.push(|| format!("{id}: its Name tag {reason}; named after its DNS name instead"));
         }
     }
+}
 
-    // Names: group the claims, rank each group, the first of each keeps the name.
+/// Marks the candidates that held the name they ask for first in `previous`, this node's last
+/// membership: they keep it against every other claimant (rule 4 of [`membership_after`]).
+fn mark_held(candidates: &mut [Candidate], previous: Option<&Membership>) {
     let held: HashMap<&str, &str> = previous
         .map(|p| {
             p.nodes
@@ -329,12 +383,21 @@ pub fn membership_after(
                 .collect()
         })
         .unwrap_or_default();
-    for c in &mut candidates {
+    for c in candidates {
         c.held = match (c.primary(), held.get(c.instance_id.as_str())) {
             (Some(p), Some(h)) => p == *h,
             _ => false,
         };
     }
+}
+
+/// Which name each candidate gets (rule 4 of [`membership_after`]), indexed like `candidates`.
+/// A candidate with no usable name at all is left out with a note. The claimants of one name are
+/// ranked by [`Candidate::rank`] (the holder, then a master, then the lowest id) and the first
+/// keeps it; the others fall back to their DNS label, lower id first, when it differs from the
+/// contested name and nobody has it yet, and are left out otherwise. Then one note per contested
+/// name, in name order.
+fn resolve_names(candidates: &[Candidate], notes: &mut Notes) -> Vec<Given> {
     let mut order: Vec<usize> = Vec::with_capacity(candidates.len());
     for (i, c) in candidates.iter().enumerate() {
         if c.primary().is_some() {
@@ -356,6 +419,37 @@ pub fn membership_after(
     // Which of its names each candidate gets; the strings stay where they are until the end.
     let mut given: Vec<Given> = vec![Given::Nothing; candidates.len()];
     let mut taken: HashSet<&str> = HashSet::with_capacity(order.len());
+    let contests = award_primaries(candidates, &order, &mut given, &mut taken);
+    // The others fall back to their DNS label, lower id first.
+    let mut losers: Vec<usize> = contests
+        .iter()
+        .flat_map(|c| c.losers.iter().copied())
+        .collect();
+    losers.sort_unstable_by(|&a, &b| candidates[a].instance_id.cmp(&candidates[b].instance_id));
+    for i in losers {
+        let c = &candidates[i];
+        if let Some(l) = c.label.as_deref() {
+            if Some(l) != c.primary() && taken.insert(l) {
+                given[i] = Given::Label;
+            }
+        }
+    }
+    drop(taken);
+    for contest in &contests {
+        notes.push(|| contest.note(candidates, &given));
+    }
+    given
+}
+
+/// Gives each name its first claimant in `order` (candidate indices sorted by name, then rank):
+/// marks it [`Given::Primary`] and the name taken. Returns the names that several candidates
+/// claimed, in name order, with the winner, why it won, and the losers in rank order.
+fn award_primaries<'c>(
+    candidates: &'c [Candidate],
+    order: &[usize],
+    given: &mut [Given],
+    taken: &mut HashSet<&'c str>,
+) -> Vec<Contest> {
     let mut contests: Vec<Contest> = Vec::new();
     let mut g = 0;
     while g < order.len() {
@@ -376,25 +470,11 @@ pub fn membership_after(
         }
         g = end;
     }
-    // The others fall back to their DNS label, lower id first.
-    let mut losers: Vec<usize> = contests
-        .iter()
-        .flat_map(|c| c.losers.iter().copied())
-        .collect();
-    losers.sort_unstable_by(|&a, &b| candidates[a].instance_id.cmp(&candidates[b].instance_id));
-    for i in losers {
-        let c = &candidates[i];
-        if let Some(l) = c.label.as_deref() {
-            if Some(l) != c.primary() && taken.insert(l) {
-                given[i] = Given::Label;
-            }
-        }
-    }
-    drop(taken);
-    for contest in &contests {
-        notes.push(|| contest.note(&candidates, &given));
-    }
+    contests
+}
 
+/// The members: each candidate that was given a name, under that name, sorted (by name first).
+fn into_nodes(candidates: Vec<Candidate>, given: Vec<Given>) -> Vec<Node> {
     let mut nodes: Vec<Node> = candidates
         .into_iter()
         .zip(given)
@@ -413,10 +493,7 @@ pub fn membership_after(
         })
         .collect();
     nodes.sort_unstable();
-    Membership {
-        nodes,
-        notes: notes.finish(),
-    }
+    nodes
 }
 
 /// An instance that passed the filters, before names are settled.
@@ -1408,6 +1485,62 @@ mod tests {
             4,
             "{:?}",
             m.notes
+        );
+    }
+
+    #[test]
+    fn notes_follow_the_order_of_the_rules() {
+        let mut all = seed();
+        all.push(inst("bogus", "x", "minion", "172.30.5.1"));
+        all.push(inst("i-10", "boss-1", "boss", "172.30.5.2"));
+        let mut no_role = inst("i-11", "no-role", "minion", "172.30.5.3");
+        no_role.tags.remove(ROLE_TAG);
+        all.push(no_role);
+        all.push(inst("i-12", "public", "minion", "8.8.8.8"));
+        all.push(inst("i-13", "twin-of-me", "minion", "172.30.0.246"));
+        all.push(inst("i-14", "twin-of-b", "minion", "172.30.0.43"));
+        all.push(inst("i-15", "ip-172-30-0-11", "minion", "172.30.5.5"));
+        all.push(inst("i-16", "Bad_Name", "minion", "172.30.5.6"));
+        let mut nameless = inst("i-17", "Bad_Name", "minion", "172.30.5.7");
+        nameless.private_dns_name = None;
+        all.push(nameless);
+        all.push(inst("i-18", "fed-minion", "minion", "172.30.5.8"));
+        let mut loser = inst("i-19", "fed-minion", "minion", "172.30.5.9");
+        loser.private_dns_name = None;
+        all.push(loser);
+
+        let m = master_view(&all);
+        let expected = [
+            "left out an instance with an invalid id \"bogus\"",
+            "left out i-10: its `role` tag \"boss\"",
+            "left out i-11: it has no `role` tag",
+            "left out i-12: its private address 8.8.8.8",
+            "left out i-13: it claims this node's own address 172.30.0.246",
+            "left out i-14: i-0b has the same private address 172.30.0.43",
+            "i-15: its Name tag ip-172-30-0-11 is the private DNS name of i-0c",
+            "i-16: its Name tag \"Bad_Name\"",
+            "i-17: its Name tag \"Bad_Name\"",
+            "left out i-17: neither its Name tag nor its private DNS name",
+            "3 instances share the name fed-minion: i-0b keeps it (the lowest instance id); i-18 \
+             is named after its private DNS name; i-19 left out",
+        ];
+        assert_eq!(m.notes.len(), expected.len(), "{:#?}", m.notes);
+        for (note, start) in m.notes.iter().zip(expected) {
+            assert!(
+                note.starts_with(start),
+                "{note:?} should start with {start:?}"
+            );
+        }
+        assert_eq!(
+            names(&m),
+            [
+                "fed-master",
+                "fed-minion",
+                "fed-minion-2",
+                "ip-172-30-5-5",
+                "ip-172-30-5-6",
+                "ip-172-30-5-8"
+            ]
         );
     }
 }

@@ -18,7 +18,7 @@ use crate::lifecycle::{self, Action, HostUpgrade, UpgradeInputs, Why};
 use crate::plan::{self, Plan, PlanError};
 use crate::profile::{Profile, ProfileError};
 use crate::sources::{Remote, SourceError, Sources, TagSource};
-use crate::state::{now_secs, LastRun, Phase, State, StateError, UpgradeRecord};
+use crate::state::{now_secs, LastRun, Phase, RunOutcome, State, StateError, UpgradeRecord};
 use crate::userdata::{self, UserDataError};
 
 /// Image defaults, then the host's own file, both below the tags and user-data.
@@ -243,13 +243,15 @@ impl Agent {
     /// The record of how a run ended, for `/var/lib/berth/last-run.json`.
     pub fn last_run(&self, result: &Result<Outcome, RunError>) -> LastRun {
         let (outcome, exit_code, error) = match result {
-            Ok(Outcome::Converged { .. }) => ("converged", exit::OK, None),
-            Ok(Outcome::Rebooting) => ("rebooting", exit::OK, None),
-            Err(e @ RunError::NotReady(_)) => ("waiting", e.exit_code(), Some(e.to_string())),
-            Err(e) => ("failed", e.exit_code(), Some(e.to_string())),
+            Ok(Outcome::Converged { .. }) => (RunOutcome::Converged, exit::OK, None),
+            Ok(Outcome::Rebooting) => (RunOutcome::Rebooting, exit::OK, None),
+            Err(e @ RunError::NotReady(_)) => {
+                (RunOutcome::Waiting, e.exit_code(), Some(e.to_string()))
+            }
+            Err(e) => (RunOutcome::Failed, e.exit_code(), Some(e.to_string())),
         };
         LastRun {
-            outcome: outcome.to_string(),
+            outcome,
             exit_code,
             // An IPv6-only subnet stops the run before the identity is known, but IMDS named
             // the instance: the record says which one it was.

@@ -75,12 +75,37 @@ pub struct State {
     pub machine_id: Option<String>,
 }
 
+/// How a run ended, as `last-run.json` and `status` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    /// The node converged to its role.
+    Converged,
+    /// The OS upgrade was staged and a reboot requested.
+    Rebooting,
+    /// The cluster is not ready (no master, or several): nothing was rendered.
+    Waiting,
+    /// The run failed; `error` says why.
+    #[default]
+    Failed,
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunOutcome::Converged => "converged",
+            RunOutcome::Rebooting => "rebooting",
+            RunOutcome::Waiting => "waiting",
+            RunOutcome::Failed => "failed",
+        })
+    }
+}
+
 /// How the last `run` ended: `/var/lib/berth/last-run.json`.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LastRun {
     pub format: u32,
-    /// converged, rebooting, waiting (cluster not ready) or failed.
-    pub outcome: String,
+    pub outcome: RunOutcome,
     /// The exit code `run --once` gave (README, "Exit codes").
     pub exit_code: i32,
     /// The instance the run was for, when IMDS said (an IPv6-only subnet's error carries it too).
@@ -373,7 +398,7 @@ mod tests {
     fn last_run_keeps_its_since_while_the_outcome_stays() {
         let d = tempfile::tempdir().unwrap();
         let mut r = LastRun {
-            outcome: "failed".into(),
+            outcome: RunOutcome::Failed,
             exit_code: 4,
             error: Some("IMDS unreachable".into()),
             since: 5,
@@ -387,7 +412,7 @@ mod tests {
         again.save(d.path()).unwrap();
         assert_eq!(again.since, 5);
         let mut other = LastRun {
-            outcome: "converged".into(),
+            outcome: RunOutcome::Converged,
             exit_code: 0,
             error: None,
             since: 0,
@@ -447,7 +472,7 @@ mod tests {
     fn last_run_keeps_the_first_since_whatever_the_new_record_says() {
         let d = tempfile::tempdir().unwrap();
         let mut r = LastRun {
-            outcome: "converged".into(),
+            outcome: RunOutcome::Converged,
             since: 5,
             ..LastRun::default()
         };

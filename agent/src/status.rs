@@ -258,7 +258,7 @@ mod tests {
         assert!(render_report(&r).contains("from another boot"));
         // The last run of this boot was for the same instance: it is this node.
         let run = LastRun {
-            outcome: "converged".into(),
+            outcome: crate::state::RunOutcome::Converged,
             instance_id: Some("i-0aaa".into()),
             boot_id: Some("b2".into()),
             ..LastRun::default()
@@ -266,7 +266,7 @@ mod tests {
         assert!(Report::new(Some(state("b1", "m2")), Some(run.clone()), &here).this_node);
         // ... or for another one, whatever the boot.
         let other = LastRun {
-            outcome: "failed".into(),
+            outcome: crate::state::RunOutcome::Failed,
             instance_id: Some("i-0bbb".into()),
             error: Some("no role".into()),
             ..run

@@ -84,6 +84,18 @@ impl Region {
         Region::start(ClusterSpec::seed())
     }
 
+    /// The seed cluster with fed-minion's spec changed by `minion` (its tags, user-data, ...).
+    pub fn seed_with(minion: impl FnOnce(&mut berth_sim::InstanceSpec)) -> Region {
+        let mut spec = ClusterSpec::seed();
+        let m = spec
+            .instances
+            .iter_mut()
+            .find(|i| i.name == "fed-minion")
+            .expect("the seed has fed-minion");
+        minion(m);
+        Region::start(spec)
+    }
+
     /// `berth-agent ARGS --root ROOT --imds-endpoint (the node's) --ec2-endpoint (the region's)`.
     pub fn agent(&self, node: &str, root: &Path, args: &[&str]) -> Output {
         let imds = self

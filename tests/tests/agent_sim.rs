@@ -242,14 +242,7 @@ fn membership_changes_reach_every_node_and_restart_only_what_changed() {
 
 /// A seed cluster whose fed-minion has `user_data` and/or other tags.
 fn seed_with(minion: impl FnOnce(&mut InstanceSpec)) -> Region {
-    let mut spec = ClusterSpec::seed();
-    let m = spec
-        .instances
-        .iter_mut()
-        .find(|i| i.name == "fed-minion")
-        .unwrap();
-    minion(m);
-    Region::start(spec)
+    Region::seed_with(minion)
 }
 
 fn assert_refused(region: &Region, needle: &str) {

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_e2e::agent::{bin, fedora_root, tree, Region};
-use berth_sim::ClusterSpec;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -252,14 +251,9 @@ fn glibc_resolves_managed_names_to_berths_addresses() {
 
 #[test]
 fn status_after_a_failed_first_run_shows_the_failure() {
-    let mut spec = ClusterSpec::seed();
-    let m = spec
-        .instances
-        .iter_mut()
-        .find(|i| i.name == "fed-minion")
-        .unwrap();
-    m.tags.remove("role");
-    let region = Region::start(spec);
+    let region = Region::seed_with(|m| {
+        m.tags.remove("role");
+    });
     let root = fedora_root();
     let out = region.agent(
         "fed-minion",

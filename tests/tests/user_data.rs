@@ -8,21 +8,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use berth_e2e::agent::{bin, fedora_root, tree, Region};
-use berth_sim::ClusterSpec;
 
 /// A marker standing for a password or token in user-data: it must never leave it.
 const SECRET: &str = "Zq7-hunter2-s3cret-token";
 
 /// The seed cluster, fed-minion's user-data set to `raw` (bytes, as RunInstances takes them).
 fn seed_with_user_data(raw: &[u8]) -> Region {
-    let mut spec = ClusterSpec::seed();
-    let m = spec
-        .instances
-        .iter_mut()
-        .find(|i| i.name == "fed-minion")
-        .unwrap();
-    m.user_data_base64 = Some(base64(raw));
-    Region::start(spec)
+    Region::seed_with(|m| m.user_data_base64 = Some(base64(raw)))
 }
 
 fn pipe(cmd: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
@@ -336,14 +328,9 @@ fn deep_nesting_is_refused_before_parsing() {
 fn long_tag_value_is_quoted_cut() {
     // EC2 (and so berth-sim) caps tag values at 256 characters; berth cuts what it quotes to 64
     // whatever the length (the unit tests of agent/src/config.rs use 1 MiB).
-    let mut spec = ClusterSpec::seed();
-    let m = spec
-        .instances
-        .iter_mut()
-        .find(|i| i.name == "fed-minion")
-        .unwrap();
-    m.tags.insert("berth:cluster".into(), "Q".repeat(256));
-    let region = Region::start(spec);
+    let region = Region::seed_with(|m| {
+        m.tags.insert("berth:cluster".into(), "Q".repeat(256));
+    });
     let root = fedora_root();
     let out = run(&region, root.path());
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));

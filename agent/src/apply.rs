@@ -296,6 +296,26 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileEr
     sync_dir(dir)
 }
 
+/// As [`write_atomic`], the file owned by `owner` (uid, gid) before it is renamed into place:
+/// a key file is never readable by anyone but its reader, not even for a moment.
+pub fn write_atomic_owned(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), FileError> {
+    let tmp = write_temp(path, content, mode, true)?;
+    if let Some((uid, gid)) = owner {
+        if let Err(e) = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(err("changing the owner of", &tmp)(e));
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    put_in_place(&tmp, path)?;
+    sync_dir(dir)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), FileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

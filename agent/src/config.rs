@@ -77,6 +77,8 @@ pub struct Config {
     pub manage_hosts: bool,
     pub poll: Poll,
     pub kubernetes: Kubernetes,
+    /// The etcd tier of profiles that form an etcd cluster on the masters (`kubeadm`).
+    pub etcd: Etcd,
     /// The EC2 API endpoint, for VPC interface endpoints and private regions (and the emulated
     /// region of the QEMU tests). `None`: `https://ec2.REGION.amazonaws.com/`. `--ec2-endpoint`
     /// wins over it.
@@ -102,6 +104,18 @@ pub struct Kubernetes {
     pub service_cidr: String,
 }
 
+/// How the masters keep their etcd cluster.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Etcd {
+    /// How long a master's instance may stay stopped before its member is removed (seconds).
+    /// A stopped instance keeps its EBS data and may come back; a terminated one never does.
+    pub stopped_grace_seconds: u64,
+    /// The shortest time between two snapshots of the local member (seconds).
+    pub snapshot_interval_seconds: u64,
+    /// Snapshots kept in `/var/lib/berth/etcd-snapshots`; older ones are deleted.
+    pub snapshots_kept: u32,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -120,6 +134,11 @@ impl Default for Config {
                 allow_privileged: false,
                 service_cidr: "10.254.0.0/16".to_string(),
             },
+            etcd: Etcd {
+                stopped_grace_seconds: 3600,
+                snapshot_interval_seconds: 3600,
+                snapshots_kept: 5,
+            },
             ec2_endpoint: None,
         }
     }
@@ -137,7 +156,16 @@ pub(crate) struct Layer {
     manage_hosts: Option<bool>,
     poll: Option<PollLayer>,
     kubernetes: Option<KubernetesLayer>,
+    etcd: Option<EtcdLayer>,
     ec2_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdLayer {
+    stopped_grace_seconds: Option<u64>,
+    snapshot_interval_seconds: Option<u64>,
+    snapshots_kept: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +199,10 @@ const KEYS: &[&str] = &[
     "allow_privileged",
     "service_cidr",
     "ec2_endpoint",
+    "etcd",
+    "stopped_grace_seconds",
+    "snapshot_interval_seconds",
+    "snapshots_kept",
 ];
 
 /// The tag keys berth reads.
@@ -376,6 +408,47 @@ impl Config {
         Ok(c)
     }
 
+    fn merge_etcd(
+        &mut self,
+        e: &EtcdLayer,
+        invalid: &dyn Fn(&str, &str, &str, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if let Some(g) = e.stopped_grace_seconds {
+            if !(60..=30 * 86_400).contains(&g) {
+                return Err(invalid(
+                    "etcd.stopped_grace_seconds",
+                    &g.to_string(),
+                    "out of range",
+                    "use a number of seconds from 60 to 2592000 (30 days)",
+                ));
+            }
+            self.etcd.stopped_grace_seconds = g;
+        }
+        if let Some(i) = e.snapshot_interval_seconds {
+            if !(60..=7 * 86_400).contains(&i) {
+                return Err(invalid(
+                    "etcd.snapshot_interval_seconds",
+                    &i.to_string(),
+                    "out of range",
+                    "use a number of seconds from 60 to 604800 (7 days)",
+                ));
+            }
+            self.etcd.snapshot_interval_seconds = i;
+        }
+        if let Some(k) = e.snapshots_kept {
+            if !(1..=100).contains(&k) {
+                return Err(invalid(
+                    "etcd.snapshots_kept",
+                    &k.to_string(),
+                    "out of range",
+                    "keep from 1 to 100 snapshots",
+                ));
+            }
+            self.etcd.snapshots_kept = k;
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, source: &str, l: &Layer) -> Result<(), ConfigError> {
         let invalid = |field: &str, value: &str, problem: &str, fix: &str| ConfigError::Invalid {
             source_name: source.to_string(),
@@ -437,6 +510,9 @@ impl Config {
         }
         if let Some(m) = l.manage_hosts {
             self.manage_hosts = m;
+        }
+        if let Some(e) = &l.etcd {
+            self.merge_etcd(e, &invalid)?;
         }
         if let Some(p) = &l.poll {
             if let Some(i) = p.interval_seconds {

@@ -76,10 +76,17 @@ impl Membership {
     }
 
     pub fn condition(&self) -> Condition {
+        self.condition_with(false)
+    }
+
+    /// The condition for a profile whose masters form an HA control plane
+    /// (`several_masters_ok`), where any number of masters is ready.
+    pub fn condition_with(&self, several_masters_ok: bool) -> Condition {
         let masters: Vec<String> = self.masters().map(|n| n.name.clone()).collect();
         match masters.len() {
             0 => Condition::NoMaster,
             1 => Condition::Ready,
+            _ if several_masters_ok => Condition::Ready,
             _ => Condition::SeveralMasters(masters),
         }
     }

@@ -10,6 +10,7 @@
 pub(crate) mod apply;
 pub mod config;
 pub mod discovery;
+pub mod etcd;
 pub mod host;
 pub(crate) mod hosts;
 pub(crate) mod lifecycle;

@@ -290,8 +290,14 @@ pub fn plan(inputs: &Inputs<'_>, current: &HostFiles) -> Result<Plan, PlanError>
 }
 
 fn desired_files(inputs: &Inputs<'_>, current: &HostFiles) -> Result<Vec<Desired>, PlanError> {
-    let Some(master) = inputs.membership.master() else {
-        return Err(PlanError::NotReady(inputs.membership.condition()));
+    // A profile with an etcd tier has any number of masters; templates see the first by name.
+    let ha = inputs.profile.etcd.is_some();
+    let master = match inputs.membership.condition_with(ha) {
+        Condition::Ready => inputs.membership.masters().next(),
+        _ => None,
+    };
+    let Some(master) = master else {
+        return Err(PlanError::NotReady(inputs.membership.condition_with(ha)));
     };
     let profile = inputs.profile;
     let node = inputs.node;

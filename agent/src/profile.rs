@@ -26,6 +26,25 @@ struct Manifest {
     roles: BTreeMap<String, RoleUnits>,
     #[serde(default)]
     inputs: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    etcd_cluster: Option<EtcdCluster>,
+}
+
+/// A profile's etcd tier: every master is a member of one etcd cluster that the agent forms and
+/// heals (see `etcd/`). Paths are on the host.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdCluster {
+    /// The `ETCD_*` environment file etcd.service reads.
+    pub conf: String,
+    /// Its template, a file name in templates/.
+    pub template: String,
+    pub unit: String,
+    pub data_dir: String,
+    /// Where the CA certificate, the member's certificates and keys go.
+    pub pki_dir: String,
+    /// The user etcd runs as: its keys are owned by it.
+    pub user: String,
 }
 
 /// One rendered file.
@@ -83,13 +102,15 @@ pub struct Profile {
     pub inputs: BTreeMap<String, Vec<String>>,
     /// template name → source.
     pub templates: BTreeMap<String, String>,
+    /// The etcd tier, for profiles whose masters form an etcd cluster.
+    pub etcd: Option<EtcdCluster>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
         "profile `{name}` not found in {searched}; install it there, or set `profile:` to one \
-         that exists (built in: legacy-2015)"
+         that exists (built in: legacy-2015, kubeadm)"
     )]
     NotFound { name: String, searched: String },
     #[error("profile {origin}: reading {path}: {source}")]
@@ -145,6 +166,9 @@ impl Profile {
         if name == "legacy-2015" {
             return Profile::builtin();
         }
+        if name == "kubeadm" {
+            return Profile::builtin_kubeadm();
+        }
         Err(ProfileError::NotFound {
             name: name.to_string(),
             searched: SEARCH_DIRS
@@ -165,6 +189,19 @@ impl Profile {
         Profile::from_parts("built-in legacy-2015", &get("profile.yaml").unwrap(), |t| {
             get(&format!("templates/{t}"))
         })
+    }
+
+    /// The kubeadm profile as built into the binary, from `configs/profiles/kubeadm/`.
+    pub fn builtin_kubeadm() -> Result<Profile, ProfileError> {
+        Profile::from_parts(
+            "built-in kubeadm",
+            include_str!("../../configs/profiles/kubeadm/profile.yaml"),
+            |t| {
+                (t == "etcd.conf").then(|| {
+                    include_str!("../../configs/profiles/kubeadm/templates/etcd.conf").to_string()
+                })
+            },
+        )
     }
 
     /// Loads a profile directory: `profile.yaml` and the templates it names.
@@ -256,6 +293,45 @@ impl Profile {
                 }
             }
         }
+        if let Some(e) = &m.etcd_cluster {
+            for p in [&e.conf, &e.data_dir, &e.pki_dir] {
+                if !valid_abs_path(p) {
+                    return Err(bad(format!(
+                        "etcd_cluster: `{p}` is not an absolute, normalized path"
+                    )));
+                }
+            }
+            if !valid_unit_name(&e.unit) {
+                return Err(bad(format!(
+                    "etcd_cluster: `{}` is not a unit name",
+                    e.unit
+                )));
+            }
+            if e.user.is_empty()
+                || !e
+                    .user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+            {
+                return Err(bad(format!(
+                    "etcd_cluster: `{}` is not a user name",
+                    e.user
+                )));
+            }
+            if e.template.contains('/') || e.template.starts_with('.') {
+                return Err(bad(format!(
+                    "etcd_cluster: template `{}` must be a file name in templates/",
+                    e.template
+                )));
+            }
+            let src = template(&e.template).ok_or_else(|| {
+                bad(format!(
+                    "etcd_cluster: template `templates/{}` is missing",
+                    e.template
+                ))
+            })?;
+            templates.insert(e.template.clone(), src);
+        }
         Ok(Profile {
             name: m.name,
             description: m.description,
@@ -265,6 +341,7 @@ impl Profile {
             roles,
             inputs: m.inputs,
             templates,
+            etcd: m.etcd_cluster,
         })
     }
 

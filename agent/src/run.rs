@@ -134,6 +134,13 @@ pub(crate) struct Context {
     pub pages: u32,
 }
 
+impl Context {
+    /// The cluster's condition under this profile (an etcd tier makes several masters ready).
+    pub fn condition(&self) -> Condition {
+        self.membership.condition_with(self.profile.etcd.is_some())
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -423,7 +430,7 @@ impl Agent {
             profile: ctx.profile.name.clone(),
             cluster: ctx.config.cluster.clone(),
             tags_from: ctx.sources.tag_source,
-            condition: ctx.membership.condition().to_string(),
+            condition: ctx.condition().to_string(),
             upgrade,
             membership: ctx.membership.nodes.clone(),
             notes: Vec::new(),
@@ -534,10 +541,7 @@ impl Agent {
         // Remember the restarts before touching a file: a crash after the write would otherwise
         // leave a unit running with its old configuration, and the next run would see no change.
         state.pending_restarts.extend(restarts.iter().cloned());
-        state.start_apply(
-            ctx.membership.clone(),
-            ctx.membership.condition().to_string(),
-        );
+        state.start_apply(ctx.membership.clone(), ctx.condition().to_string());
         if changed_before {
             state.save(&root)?;
         }

@@ -1,6 +1,6 @@
 //! What berth-agent and berth-image share for talking to EC2: an IMDSv2 client, a SigV4-signed
-//! client for the EC2 Query API, the XML shapes of its responses, and the retry policy every
-//! remote call follows.
+//! client for the EC2 Query API and the XML shapes of its responses, a Parameter Store (SSM)
+//! client for the cluster's secrets, and the retry policy every remote call follows.
 //!
 //! Not for: deciding anything about the cluster (that is the agent's pure core), or serving EC2
 //! (that is `berth-sim`). Nothing here logs or displays a secret key or a token.
@@ -11,6 +11,7 @@ pub mod model;
 pub mod redact;
 pub mod retry;
 pub mod sign;
+pub mod ssm;
 pub mod transport;
 pub mod xml;
 
@@ -19,4 +20,5 @@ pub use imds::{ImdsClient, ImdsError};
 pub use model::{Credentials, Filter, Identity, Instance, TagDescription};
 pub use redact::RemoteText;
 pub use retry::{Operation, RetryPolicy};
+pub use ssm::{Parameter, ParameterType, PutOutcome, SsmClient, SsmError};
 pub use transport::{Transport, TransportConfig};

@@ -92,6 +92,59 @@ pub struct ClusterSpec {
     /// Instances described but not running when the region starts: the demo launches them.
     #[serde(default)]
     pub not_launched: Vec<InstanceSpec>,
+    /// Which Parameter Store calls each IAM role (an instance's `iam_role`) may make, on which
+    /// names: the sim's stand-in for the roles' IAM policies (`docs/iam.md`). Absent: every
+    /// signed call is allowed. Present: a role's call is allowed when one of its rules matches
+    /// the action and the name, and refused with `AccessDeniedException` otherwise; the access
+    /// keys under `credentials` are allowed everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_access: Option<BTreeMap<String, Vec<ParameterRule>>>,
+}
+
+/// One allow rule of a role: `actions` on every parameter whose name matches `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterRule {
+    /// A name glob as IAM matches the resource part of a parameter ARN: `*` matches any run of
+    /// characters (`/` included), `?` any one character; e.g. `/berth/demo/master/*`.
+    pub path: String,
+    /// `GetParameter`, `PutParameter`, `DeleteParameter` (an `ssm:` prefix is allowed), or `*`.
+    pub actions: Vec<String>,
+}
+
+/// The Parameter Store actions the sim serves.
+pub(crate) const PARAMETER_ACTIONS: &[&str] = &["GetParameter", "PutParameter", "DeleteParameter"];
+
+impl ParameterRule {
+    /// Whether this rule allows `action` (`GetParameter`) on the parameter `name`.
+    pub fn allows(&self, action: &str, name: &str) -> bool {
+        self.actions.iter().any(|a| {
+            let a = a.strip_prefix("ssm:").unwrap_or(a);
+            a == "*" || a == action
+        }) && glob_match(self.path.as_bytes(), name.as_bytes())
+    }
+}
+
+/// IAM-style glob: `*` any run of bytes, `?` one byte, everything else literal.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// A security group: its id and its name.
@@ -252,6 +305,7 @@ impl Default for ClusterSpec {
             ec2_listen: None,
             instances: Vec::new(),
             not_launched: Vec::new(),
+            parameter_access: None,
         }
     }
 }
@@ -356,6 +410,29 @@ impl ClusterSpec {
                         format!("{at}.private_ip"),
                         format!("{ip} appears twice"),
                     ));
+                }
+            }
+        }
+        for (role, rules) in self.parameter_access.iter().flatten() {
+            for (i, rule) in rules.iter().enumerate() {
+                let at = format!("parameter_access.{role}[{i}]");
+                if !rule.path.starts_with('/') && rule.path != "*" {
+                    return Err(invalid(
+                        format!("{at}.path"),
+                        format!("`{}` must start with `/` (or be `*`)", rule.path),
+                    ));
+                }
+                for a in &rule.actions {
+                    let bare = a.strip_prefix("ssm:").unwrap_or(a);
+                    if bare != "*" && !PARAMETER_ACTIONS.contains(&bare) {
+                        return Err(invalid(
+                            format!("{at}.actions"),
+                            format!(
+                                "`{a}` is not one of {} or `*`",
+                                PARAMETER_ACTIONS.join(", ")
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -591,5 +668,33 @@ mod tests {
     #[test]
     fn imds_tags_off_allows_slashes_in_keys() {
         ClusterSpec::from_yaml("instances: [{name: a, imds_tags: false, tags: {a/b: x}}]").unwrap();
+    }
+
+    #[test]
+    fn parameter_globs_match_as_iam_does() {
+        assert!(glob_match(
+            b"/berth/demo/master/*",
+            b"/berth/demo/master/etcd-ca"
+        ));
+        assert!(glob_match(
+            b"/berth/demo/master/*",
+            b"/berth/demo/master/a/b"
+        ));
+        assert!(glob_match(b"/berth/*/node/*", b"/berth/demo/node/seed"));
+        assert!(glob_match(
+            b"/berth/demo/node/se?d",
+            b"/berth/demo/node/seed"
+        ));
+        assert!(glob_match(b"*", b"/anything"));
+        assert!(!glob_match(
+            b"/berth/demo/master/*",
+            b"/berth/demo/node/seed"
+        ));
+        assert!(!glob_match(b"/berth/demo/master/*", b"/berth/demo/master"));
+        assert!(!glob_match(
+            b"/berth/demo/master/*",
+            b"/berth/demo-2/master/x"
+        ));
+        assert!(!glob_match(b"/berth/demo", b"/berth/demo/x"));
     }
 }

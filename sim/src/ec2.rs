@@ -30,6 +30,8 @@ pub(crate) struct Ec2 {
     images: Arc<Store>,
     /// The listener's faults: its clock offset is this endpoint's clock.
     faults: Arc<FaultState>,
+    /// Parameter Store, served on this listener for requests whose `X-Amz-Target` names SSM.
+    ssm: Arc<crate::ssm::Ssm>,
 }
 
 /// An EC2 error: HTTP status, code, message.
@@ -238,11 +240,17 @@ fn binding(action: &str, d: &Describe) -> String {
 }
 
 impl Ec2 {
-    pub fn new(region: Arc<Region>, images: Arc<Store>, faults: Arc<FaultState>) -> Self {
+    pub fn new(
+        region: Arc<Region>,
+        images: Arc<Store>,
+        faults: Arc<FaultState>,
+        ssm: Arc<crate::ssm::Ssm>,
+    ) -> Self {
         Ec2 {
             region,
             images,
             faults,
+            ssm,
         }
     }
 
@@ -585,6 +593,15 @@ fn dry_run() -> ApiError {
 
 impl Service for Ec2 {
     fn inspect(&self, req: &Request) -> Meta {
+        if crate::ssm::is_ssm(req) {
+            return Meta {
+                action: crate::ssm::action_of(req),
+                token_present: req.header("x-amz-security-token").is_some(),
+                signed: req
+                    .header("authorization")
+                    .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 ")),
+            };
+        }
         if crate::ebs::is_ebs_path(&req.path) {
             return Meta {
                 action: crate::ebs::action_of(&req.method, &req.path).map(str::to_string),
@@ -607,6 +624,9 @@ impl Service for Ec2 {
     }
 
     fn handle(&self, req: &Request) -> Response {
+        if crate::ssm::is_ssm(req) {
+            return self.ssm.handle(req);
+        }
         if crate::ebs::is_ebs_path(&req.path) {
             return self.dispatch_ebs(req);
         }

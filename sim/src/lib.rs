@@ -1,6 +1,8 @@
 //! berth-sim: an emulated EC2 region on one machine, for the demo and the fast tests. Every
 //! instance gets its own IMDSv2 endpoint; the region gets one EC2 Query API endpoint
-//! (DescribeInstances, DescribeTags) with filters, paging and SigV4 verification. Faults
+//! (DescribeInstances, DescribeTags) with filters, paging and SigV4 verification, which also
+//! serves Parameter Store (GetParameter, PutParameter, DeleteParameter) with per-role access
+//! rules. Faults
 //! (failures, throttling, resets, latency, expired tokens) are injected per listener at run
 //! time, and every request is logged for tests to assert on.
 //!
@@ -38,6 +40,7 @@ mod imds;
 pub mod record;
 mod region;
 mod sigv4;
+mod ssm;
 mod time_fmt;
 
 use std::collections::BTreeMap;
@@ -45,7 +48,9 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-pub use cluster::{ClusterSpec, CredentialsSpec, InstanceSpec, SecurityGroupSpec, SpecError};
+pub use cluster::{
+    ClusterSpec, CredentialsSpec, InstanceSpec, ParameterRule, SecurityGroupSpec, SpecError,
+};
 pub use faults::{Faults, Target};
 pub use images::{BlockDeviceRecord, ImageRecord, SnapshotRecord};
 pub use record::{Listener, RequestRecord};
@@ -72,6 +77,8 @@ pub struct Sim {
     images: Arc<images::Store>,
     /// By instance id.
     imds: Mutex<BTreeMap<String, ImdsListener>>,
+    /// Parameter Store's parameters, served on the EC2 listener.
+    parameters: Arc<ssm::ParameterStore>,
 }
 
 fn spec_err(e: SpecError) -> io::Error {
@@ -95,6 +102,13 @@ impl Sim {
         let region = Arc::new(Region::new(&spec).map_err(spec_err)?);
         let log = Arc::new(RequestLog::default());
         let ec2_faults = Arc::new(FaultState::default());
+        let parameters = Arc::new(ssm::ParameterStore::default());
+        let ssm = Arc::new(ssm::Ssm::new(
+            region.clone(),
+            parameters.clone(),
+            spec.parameter_access.clone(),
+            ec2_faults.clone(),
+        ));
         let ec2 = Server::bind(
             spec.ec2_listen.unwrap_or(DEFAULT_LISTEN),
             Listener::Ec2,
@@ -102,6 +116,7 @@ impl Sim {
                 region.clone(),
                 images.clone(),
                 ec2_faults.clone(),
+                ssm,
             )),
             ec2_faults.clone(),
             log.clone(),
@@ -114,6 +129,7 @@ impl Sim {
             ec2_faults,
             images,
             imds: Mutex::new(BTreeMap::new()),
+            parameters,
         };
         let ids: Vec<(String, Option<SocketAddr>)> = sim
             .region
@@ -280,6 +296,29 @@ impl Sim {
     /// checked. `n = 0` cancels.
     pub fn fail_action(&self, action: &str, n: u32, status: u16, code: &str) {
         self.images.fail_action(action, n, status, code);
+    }
+
+    /// The Parameter Store parameter `name` as `(value, version)`: the stored value, decrypted
+    /// for a `SecureString`. `None` when there is none.
+    pub fn parameter(&self, name: &str) -> Option<(String, i64)> {
+        self.parameters.get(name).map(|p| (p.value, p.version))
+    }
+
+    /// Whether the parameter `name` is a `SecureString`; `None` when there is none.
+    pub fn parameter_is_secure(&self, name: &str) -> Option<bool> {
+        self.parameters.get(name).map(|p| p.secure)
+    }
+
+    /// Creates or overwrites the parameter `name` (a `SecureString` when `secure`), as a
+    /// `PutParameter` with `Overwrite` would: a new name starts at version 1, each write adds
+    /// one. Not checked against the name rules, so a test can plant what SSM would refuse.
+    pub fn put_parameter(&self, name: &str, value: &str, secure: bool) {
+        self.parameters.put(name, value, secure);
+    }
+
+    /// Deletes the parameter `name`; false when there was none.
+    pub fn delete_parameter(&self, name: &str) -> bool {
+        self.parameters.delete(name)
     }
 
     /// Every request read so far, in order (the latest 100 000).

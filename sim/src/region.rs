@@ -118,6 +118,9 @@ pub(crate) struct Key {
     pub secret: String,
     pub session_token: Option<String>,
     pub expiration: Option<SystemTime>,
+    /// The instance profile these credentials were issued for: `(role, instance id)`; `None`
+    /// for the cluster's own access keys.
+    pub role_session: Option<(String, String)>,
 }
 
 /// Role credentials as IMDS serves them.
@@ -249,7 +252,9 @@ impl Region {
         let running_at =
             (launching && state == "pending").then(|| Instant::now() + self.launch_pending);
         if let Some(c) = &spec.credentials {
-            w.keys.insert(c.access_key_id.clone(), key_of(c));
+            let mut key = key_of(c);
+            key.role_session = spec.iam_role.clone().map(|role| (role, id.clone()));
+            w.keys.insert(c.access_key_id.clone(), key);
         }
         w.instances.push(Instance {
             reservation_id: match &spec.reservation {
@@ -378,6 +383,7 @@ impl Region {
                         secret: random_string(40, BASE64ISH),
                         session_token: Some(random_string(356, BASE64ISH)),
                         expiration: Some(now + lifetime),
+                        role_session: inst.iam_role.clone().map(|r| (r, inst.id.clone())),
                     },
                 );
                 inst.current_key = Some(akid.clone());
@@ -405,5 +411,6 @@ fn key_of(c: &CredentialsSpec) -> Key {
         secret: c.secret_access_key.clone(),
         session_token: c.session_token.clone(),
         expiration: c.expiration.as_deref().and_then(parse_rfc3339),
+        role_session: None,
     }
 }

@@ -46,6 +46,10 @@ pub enum Condition {
     NoMaster,
     /// More than one master: berth will not pick one behind the operator's back.
     SeveralMasters(Vec<String>),
+    /// The etcd tier waits: on the seed, a learner catching up, etcd's pacing, quorum.
+    EtcdWaiting(String),
+    /// The etcd cluster lost quorum for good; nothing is seeded automatically.
+    EtcdNeedsRestore(String),
 }
 
 impl fmt::Display for Condition {
@@ -56,6 +60,8 @@ impl fmt::Display for Condition {
                 "no master: no instance of this cluster is tagged role=master; launch one, or tag \
                  an existing instance role=master",
             ),
+            Condition::EtcdWaiting(why) => write!(f, "etcd: waiting: {why}"),
+            Condition::EtcdNeedsRestore(why) => write!(f, "etcd: needs restore: {why}"),
             Condition::SeveralMasters(names) => write!(
                 f,
                 "several masters ({}): exactly one instance of the cluster may be tagged \

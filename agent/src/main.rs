@@ -36,6 +36,10 @@ struct Common {
     /// EC2 API endpoint. Default: https://ec2.REGION.amazonaws.com/ for the instance's region.
     #[arg(long, value_name = "URL")]
     ec2_endpoint: Option<Url>,
+    /// Parameter Store (SSM) endpoint, for profiles with cluster secrets. Default:
+    /// https://ssm.REGION.amazonaws.com/ for the instance's region.
+    #[arg(long, value_name = "URL")]
+    ssm_endpoint: Option<Url>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,6 +88,7 @@ fn options(c: &Common, host_actions: bool) -> Options {
         root: c.root.clone(),
         imds_endpoints: c.imds_endpoints.clone(),
         ec2_endpoint: c.ec2_endpoint.clone(),
+        ssm_endpoint: c.ssm_endpoint.clone(),
         host_actions,
     }
 }
@@ -226,6 +231,10 @@ async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
                         units: r.units.clone(),
                     };
                     print!("{}", plan::render_text(&p));
+                    if let Some(e) = &r.etcd {
+                        print!("{}", e.record.render());
+                        println!("  next step: {}", e.next_step);
+                    }
                 }
             }
             ExitCode::SUCCESS

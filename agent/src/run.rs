@@ -13,6 +13,8 @@ use url::Url;
 use crate::apply::{self, host_path, FileError};
 use crate::config::{Config, ConfigError, Layer, Role};
 use crate::discovery::{self, Condition, Me, Membership, Node};
+use crate::etcd::cloud::AwsCloud;
+use crate::etcd::{EtcdTier, TierError, TierOutcome};
 use crate::host::{Host, HostError, UnitOp, UpgradeOutcome};
 use crate::lifecycle::{self, Action, HostUpgrade, UpgradeInputs, Why};
 use crate::plan::{self, Plan, PlanError};
@@ -35,6 +37,8 @@ pub struct Options {
     pub root: PathBuf,
     pub imds_endpoints: Vec<Url>,
     pub ec2_endpoint: Option<Url>,
+    /// Parameter Store endpoint; `None`: `https://ssm.REGION.amazonaws.com/`.
+    pub ssm_endpoint: Option<Url>,
     /// False with `--no-host-actions`: unit and upgrade actions are recorded, not carried out.
     pub host_actions: bool,
 }
@@ -91,6 +95,14 @@ pub enum RunError {
     NotReady(Condition),
     #[error(transparent)]
     Template(PlanError),
+    #[error(transparent)]
+    Etcd(#[from] TierError),
+    #[error(
+        "the {profile} profile keeps its cluster secrets in Parameter Store under \
+         /berth/CLUSTER/: tag the instances `berth:cluster=NAME` (letters, digits, `.`, `_`, `-`; \
+         at most 64), or set `cluster:` in user-data{got}"
+    )]
+    ClusterName { profile: String, got: String },
 }
 
 impl RunError {
@@ -108,6 +120,13 @@ impl RunError {
             RunError::State(_) | RunError::File(_) | RunError::Host(_) => exit::HOST,
             RunError::UpgradeBlocked(_) => exit::HOST,
             RunError::NotReady(_) => exit::NOT_READY,
+            RunError::ClusterName { .. } => exit::BAD_INPUT,
+            RunError::Etcd(e) => match e {
+                TierError::Cloud(s) if s.is_bad_input() => exit::BAD_INPUT,
+                TierError::Cloud(_) | TierError::Etcd { .. } => exit::REMOTE,
+                TierError::BadParameter { .. } | TierError::Pki(_) => exit::BAD_INPUT,
+                TierError::File(_) | TierError::Host(_) | TierError::Setup(_) => exit::HOST,
+            },
         }
     }
 }
@@ -173,6 +192,9 @@ pub struct PlanReport {
     pub files: Vec<plan::FilePlan>,
     pub reload: bool,
     pub units: Vec<plan::UnitPlan>,
+    /// The etcd tier on a master of a profile that has one: the next step and the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<crate::etcd::EtcdPreview>,
 }
 
 /// Called after each host-changing step of a run with the step's number (from 1) and what it
@@ -221,7 +243,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(opts: Options) -> Agent {
-        let remote = Remote::new(opts.imds_endpoints.clone(), opts.ec2_endpoint.clone());
+        let remote = Remote::new(opts.imds_endpoints.clone(), opts.ec2_endpoint.clone())
+            .with_ssm_endpoint(opts.ssm_endpoint.clone());
         Agent {
             opts,
             remote,
@@ -437,6 +460,7 @@ impl Agent {
             files: Vec::new(),
             reload: false,
             units: Vec::new(),
+            etcd: None,
         };
         match self.read_plan(&ctx, &state) {
             Ok(p) => {
@@ -449,6 +473,20 @@ impl Agent {
         }
         report.notes = ctx.membership.notes.clone();
         report.notes.extend(self.notes.iter().cloned());
+        let root = self.opts.root.clone();
+        if let Some(tier) = Self::etcd_inputs(&root, &ctx)? {
+            let region = ctx.sources.identity.region.clone();
+            let mut cloud = AwsCloud {
+                remote: &mut self.remote,
+                region: &region,
+            };
+            match tier.preview(&mut cloud).await {
+                Ok(p) => report.etcd = Some(p),
+                Err(e) => report
+                    .notes
+                    .push(format!("etcd: could not look at the cluster: {e}")),
+            }
+        }
         Ok(report)
     }
 
@@ -503,7 +541,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        match self
+        let outcome = match self
             .apply(
                 host,
                 &mut state,
@@ -513,11 +551,110 @@ impl Agent {
             )
             .await
         {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => outcome,
+            Err(e) => {
+                record_failure(&root, &mut state, &e);
+                return Err(e);
+            }
+        };
+        match self.etcd_tier(host, &mut state, &ctx).await {
+            Ok(None) => Ok(outcome),
+            Ok(Some(c)) => {
+                log::warn!("{c}");
+                state.wait(c.to_string(), ctx.membership.clone());
+                state.save(&root)?;
+                Err(RunError::NotReady(c))
+            }
             Err(e) => {
                 record_failure(&root, &mut state, &e);
                 Err(e)
             }
+        }
+    }
+
+    /// The tier's inputs for this master, or `None` when the profile has no etcd tier or this
+    /// node is no master.
+    fn etcd_inputs<'c>(root: &'c Path, ctx: &'c Context) -> Result<Option<EtcdTier<'c>>, RunError> {
+        let Some(spec) = &ctx.profile.etcd else {
+            return Ok(None);
+        };
+        if ctx.node.role != Role::Master {
+            return Ok(None);
+        }
+        let cluster = match ctx.config.cluster.as_deref() {
+            Some(c) if valid_cluster_name(c) => c,
+            other => {
+                return Err(RunError::ClusterName {
+                    profile: ctx.profile.name.clone(),
+                    got: other
+                        .map(|c| format!(" (`{}` is not usable)", crate::config::truncate_value(c)))
+                        .unwrap_or_default(),
+                })
+            }
+        };
+        Ok(Some(EtcdTier {
+            root,
+            spec,
+            template: ctx
+                .profile
+                .templates
+                .get(&spec.template)
+                .map(String::as_str)
+                .unwrap_or_default(),
+            cluster,
+            instance_id: &ctx.node.instance_id,
+            ip: ctx.node.private_ip,
+            masters: ctx
+                .membership
+                .masters()
+                .map(|n| (n.instance_id.clone(), n.private_ip))
+                .collect(),
+            config: &ctx.config.etcd,
+        }))
+    }
+
+    /// The etcd tier of a master: `Some(condition)` when it waits or needs a restore.
+    async fn etcd_tier<H: Host>(
+        &mut self,
+        host: &mut H,
+        state: &mut State,
+        ctx: &Context,
+    ) -> Result<Option<Condition>, RunError> {
+        let root = self.opts.root.clone();
+        let Some(tier) = Self::etcd_inputs(&root, ctx)? else {
+            return Ok(None);
+        };
+        if !self.opts.host_actions {
+            self.note(
+                "etcd tier not run: --no-host-actions changes no cluster membership".to_string(),
+            );
+            return Ok(None);
+        }
+        let mut rec = state.etcd.clone().unwrap_or_default();
+        let region = ctx.sources.identity.region.clone();
+        let mut cloud = AwsCloud {
+            remote: &mut self.remote,
+            region: &region,
+        };
+        let result = async {
+            let ca = tier.ca(&mut cloud, true).await?.expect("made when missing");
+            let (cert, key) = tier.write_pki(&ca)?;
+            let client = tier.client(&ca, &cert, &key)?;
+            tier.converge(host, &mut cloud, &client, &mut rec).await
+        }
+        .await;
+        if let Err(e) = &result {
+            rec.health = "failed".into();
+            rec.detail = e.to_string();
+        }
+        state.etcd = Some(rec);
+        match result? {
+            TierOutcome::Healthy => {
+                state.save(&root)?;
+                Ok(None)
+            }
+            TierOutcome::Waiting(why) => Ok(Some(Condition::EtcdWaiting(why))),
+            TierOutcome::NeedsRestore(why) => Ok(Some(Condition::EtcdNeedsRestore(why))),
         }
     }
 
@@ -690,6 +827,14 @@ impl Agent {
     }
 }
 
+/// A cluster name that fits a Parameter Store path segment.
+fn valid_cluster_name(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 fn record_failure(root: &Path, state: &mut State, e: &RunError) {
     state.fail(e.to_string());
     if let Err(se) = state.save(root) {
@@ -762,6 +907,7 @@ mod tests {
             root: dir.to_path_buf(),
             imds_endpoints: vec![],
             ec2_endpoint: None,
+            ssm_endpoint: None,
             host_actions: true,
         });
         let config = Config {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use berth_ec2::imds::BERTH_TAG_KEYS;
 use berth_ec2::{
     Credentials, Ec2Client, Ec2Error, Filter, Identity, ImdsClient, ImdsError, Instance,
-    RetryPolicy,
+    ParameterType, PutOutcome, RetryPolicy, SsmClient, SsmError,
 };
 use url::Url;
 
@@ -17,6 +17,8 @@ pub enum SourceError {
     Imds(#[from] ImdsError),
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
+    #[error("{0}; masters need ssm:GetParameter and ssm:PutParameter on parameter/berth/CLUSTER/master/* (docs/iam.md)")]
+    Ssm(#[from] SsmError),
     #[error(
         "the instance has no IAM role in IMDS (meta-data/iam/security-credentials/ is empty); \
          attach an instance profile allowing ec2:DescribeInstances{0}"
@@ -60,6 +62,8 @@ pub struct Remote {
     /// The endpoint came from the command line: configuration does not override it.
     endpoint_from_cli: bool,
     ec2: Option<Ec2Client>,
+    ssm_endpoint: Option<Url>,
+    ssm: Option<SsmClient>,
 }
 
 impl Remote {
@@ -74,7 +78,89 @@ impl Remote {
             endpoint_from_cli: ec2_endpoint.is_some(),
             ec2_endpoint,
             ec2: None,
+            ssm_endpoint: None,
+            ssm: None,
         }
+    }
+
+    /// The Parameter Store endpoint (default `https://ssm.REGION.amazonaws.com/`).
+    pub fn with_ssm_endpoint(mut self, endpoint: Option<Url>) -> Remote {
+        self.ssm_endpoint = endpoint;
+        self
+    }
+
+    fn ssm(&mut self, region: &str) -> &SsmClient {
+        if self.ssm.as_ref().map(SsmClient::region) != Some(region) {
+            let endpoint = self
+                .ssm_endpoint
+                .clone()
+                .unwrap_or_else(|| SsmClient::default_endpoint(region));
+            self.ssm = Some(SsmClient::new(
+                endpoint,
+                region.to_string(),
+                SsmClient::default_policy(),
+            ));
+        }
+        self.ssm.as_ref().expect("set above")
+    }
+
+    /// Runs a Parameter Store call with the role's credentials, once more with fresh ones when
+    /// SSM says they expired.
+    async fn with_ssm<T, F>(&mut self, region: &str, call: F) -> Result<T, SourceError>
+    where
+        F: AsyncFn(&SsmClient, Credentials) -> Result<T, SsmError>,
+    {
+        let why = " and ssm:GetParameter/PutParameter on the cluster's path (docs/iam.md)";
+        let creds = self.credentials(why).await?;
+        self.ssm(region);
+        let ssm = self.ssm.as_ref().expect("created above");
+        match call(ssm, creds).await {
+            Err(e) if e.is_expired_credentials() => {
+                let creds = self
+                    .imds
+                    .refresh_credentials()
+                    .await?
+                    .ok_or(SourceError::NoRole(why))?;
+                Ok(call(ssm, creds).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// A parameter's decrypted value; `None` when it does not exist.
+    pub async fn parameter(
+        &mut self,
+        region: &str,
+        name: &str,
+    ) -> Result<Option<String>, SourceError> {
+        self.with_ssm(region, async |ssm: &SsmClient, creds: Credentials| {
+            ssm.get_parameter(&creds, name, true).await
+        })
+        .await
+        .map(|p| p.map(|p| p.value))
+    }
+
+    /// Puts a parameter; with `overwrite` false, true only when this call created it.
+    pub async fn put_parameter(
+        &mut self,
+        region: &str,
+        name: &str,
+        value: &str,
+        secure: bool,
+        overwrite: bool,
+    ) -> Result<bool, SourceError> {
+        let kind = if secure {
+            ParameterType::SecureString
+        } else {
+            ParameterType::String
+        };
+        let out = self
+            .with_ssm(region, async |ssm: &SsmClient, creds: Credentials| {
+                ssm.put_parameter(&creds, name, value, kind, overwrite)
+                    .await
+            })
+            .await?;
+        Ok(matches!(out, PutOutcome::Created { .. }))
     }
 
     /// The EC2 endpoint the configuration names, unless the command line named one.

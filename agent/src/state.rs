@@ -73,6 +73,9 @@ pub struct State {
     /// The machine-id of the host that last wrote this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_id: Option<String>,
+    /// The etcd tier, on the masters of a profile that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<crate::etcd::EtcdRecord>,
 }
 
 /// How a run ended, as `last-run.json` and `status` say it.

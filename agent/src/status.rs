@@ -216,6 +216,9 @@ fn render_state(s: &State, this_node: bool) -> String {
     for note in &s.notes {
         out.push_str(&format!("note:     {note}\n"));
     }
+    if let Some(e) = &s.etcd {
+        out.push_str(&e.render());
+    }
     out
 }
 

@@ -184,6 +184,35 @@ pub enum Step {
     Healthy,
 }
 
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Seed => f.write_str("seed the cluster (claim the seed marker, start `new`)"),
+            Step::StartLocal => f.write_str("start the local member from its data directory"),
+            Step::AddLearner => f.write_str("add this master as a learner"),
+            Step::StartJoined { .. } => {
+                f.write_str("start this master's added member (`existing`)")
+            }
+            Step::Promote { id } => write!(f, "promote learner {id:x}"),
+            Step::Remove { id, name, why } => write!(
+                f,
+                "remove member {} ({why})",
+                if name.is_empty() {
+                    format!("{id:x}")
+                } else {
+                    name.clone()
+                }
+            ),
+            Step::DiscardLocalData => {
+                f.write_str("move the stale data directory aside and join again")
+            }
+            Step::Wait { reason } => write!(f, "wait: {reason}"),
+            Step::NeedsRestore { reason } => write!(f, "needs restore: {reason}"),
+            Step::Healthy => f.write_str("none (healthy voting member)"),
+        }
+    }
+}
+
 /// A majority of `n` voters.
 pub fn quorum(n: usize) -> usize {
     n / 2 + 1
@@ -355,7 +384,7 @@ fn with_leader(o: &Observation, v: &View) -> Step {
 
 /// The initial cluster a joining member starts with: every member's name and peer URLs, its own
 /// under its own name (as `etcdctl member add` prints `ETCD_INITIAL_CLUSTER`).
-fn initial_cluster(v: &View, my_id: u64, my_name: &str) -> Vec<(String, String)> {
+pub fn initial_cluster(v: &View, my_id: u64, my_name: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for m in &v.members {
         let name = if m.id == my_id { my_name } else { &m.name };

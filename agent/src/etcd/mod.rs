@@ -12,6 +12,7 @@
 //! Not for: the Kubernetes tier, or anything on minions.
 
 pub mod client;
+pub mod cloud;
 pub mod conf;
 pub mod decide;
 pub mod pki;
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use decide::{Fate, Member, Removal, SeedMarker, Step, View};
-pub use tier::{EtcdTier, TierError, TierOutcome};
+pub use tier::{EtcdPreview, EtcdTier, TierError, TierOutcome};
 
 /// How long one run keeps stepping (joins wait for etcd's 5 s pacing between membership changes
 /// and for a learner to catch up; a start waits for READY=1).

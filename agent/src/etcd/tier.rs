@@ -520,7 +520,7 @@ impl<'a> EtcdTier<'a> {
                             members,
                             ..v.clone()
                         };
-                        let ic = initial_cluster(&view, id, self.instance_id);
+                        let ic = decide::initial_cluster(&view, id, self.instance_id);
                         self.write_conf(&ic, InitialState::Existing)?;
                         self.start(host, true).await?;
                         *started = true;
@@ -647,6 +647,76 @@ impl<'a> EtcdTier<'a> {
     }
 }
 
+/// What `plan` shows of the tier: the step a run would take now, and the cluster as seen.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EtcdPreview {
+    pub next_step: Step,
+    pub record: EtcdRecord,
+}
+
+impl EtcdTier<'_> {
+    /// Looks at the cluster as a run would, and changes nothing: no CA is made, no file written
+    /// (without this master's client certificate on disk, a throwaway one is made in memory).
+    pub async fn preview<C: Cloud>(&self, cloud: &mut C) -> Result<EtcdPreview, TierError> {
+        let mut record = EtcdRecord::default();
+        let Some(ca) = self.ca(cloud, false).await? else {
+            record.health = "not formed".into();
+            record.detail =
+                "no cluster CA in Parameter Store yet: the first master makes it".into();
+            let seed = self.seed_marker(cloud).await?;
+            let masters: BTreeSet<String> = self.masters.keys().cloned().collect();
+            let next_step = match decide::seed_candidate(&masters) {
+                Some(s) if s == self.instance_id && seed.is_none() => Step::Seed,
+                Some(s) => Step::Wait {
+                    reason: format!("waiting for {s} to seed the cluster"),
+                },
+                None => Step::Wait {
+                    reason: "discovery returned no master".into(),
+                },
+            };
+            return Ok(EtcdPreview { next_step, record });
+        };
+        let on_disk = (
+            std::fs::read_to_string(self.pki("client.crt")),
+            std::fs::read_to_string(self.pki("client.key")),
+        );
+        let (cert, key) = match on_disk {
+            (Ok(c), Ok(k))
+                if pki::still_fits(
+                    &self.pki("client.crt"),
+                    &ca,
+                    &pki::leaves(self.instance_id, self.ip)[2],
+                ) =>
+            {
+                (c, k)
+            }
+            _ => ca.issue(&pki::leaves(self.instance_id, self.ip)[2])?,
+        };
+        let client = self.client(&ca, &cert, &key)?;
+        let o = self.observe(&client, cloud, &mut record).await?;
+        let next_step = decide::next(&o);
+        record.health = match &next_step {
+            Step::Healthy => "healthy",
+            Step::NeedsRestore { .. } => "needs restore",
+            Step::Wait { .. } => "waiting",
+            _ => "converging",
+        }
+        .into();
+        record.last_snapshot = snapshot::list(&self.path(snapshot::SNAPSHOT_DIR))
+            .last()
+            .map(|(at, p)| super::SnapshotRecord {
+                path: format!(
+                    "{}/{}",
+                    snapshot::SNAPSHOT_DIR,
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                at: *at,
+                bytes: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            });
+        Ok(EtcdPreview { next_step, record })
+    }
+}
+
 /// etcd's answers that mean "not now": its pacing and one-learner rule.
 fn retryable(e: &EtcdError) -> bool {
     let m = e.message();
@@ -662,21 +732,4 @@ fn retryable(e: &EtcdError) -> bool {
         ]
         .iter()
         .any(|s| m.contains(s))
-}
-
-/// As [`decide`]'s rule for a joining member: every member's name and peer URLs, this one's
-/// under its own name.
-fn initial_cluster(v: &View, my_id: u64, my_name: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for m in &v.members {
-        let name = if m.id == my_id {
-            my_name
-        } else {
-            m.name.as_str()
-        };
-        for u in &m.peer_urls {
-            out.push((name.to_string(), u.clone()));
-        }
-    }
-    out
 }

@@ -29,7 +29,7 @@ use berth_e2e::moto::Moto;
 use berth_ec2::{
     Credentials, ImdsClient, ParameterType, PutOutcome, RetryPolicy, SsmClient, SsmError,
 };
-use berth_sim::{ClusterSpec, InstanceSpec, ParameterRule, Sim};
+use berth_sim::{ClusterSpec, InstanceSpec, ParameterRule, Sim, Target};
 use serde_json::{json, Value};
 use url::Url;
 
@@ -339,5 +339,39 @@ async fn the_documented_policies_keep_the_ca_from_minions() {
         "master GetParameter of another cluster's CA",
     );
     assert_eq!(sim.parameter(CA), Some((CA_VALUE.to_string(), 1)));
+
+    // The listener's faults apply to Parameter Store too, and the client rides them out:
+    // two throttled answers, then the read; a clock an hour ahead, then a signature dated by it.
+    let gets = |sim: &Sim| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.action.as_deref() == Some("GetParameter"))
+            .count()
+    };
+    let before = gets(&sim);
+    sim.faults(Target::Ec2).throttle_next(2);
+    let seed = ssm
+        .get_parameter(&minion, SEED, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seed.value, "seeded");
+    assert_eq!(
+        gets(&sim) - before,
+        3,
+        "two throttled attempts, then the answer"
+    );
+    sim.faults(Target::Ec2).set_clock_offset(3600);
+    let seed = ssm
+        .get_parameter(&minion, SEED, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seed.version, 1);
+    assert!(
+        (3_590_000..=3_610_000).contains(&ssm.clock_skew_ms()),
+        "{}",
+        ssm.clock_skew_ms()
+    );
     sim.shutdown().await;
 }

@@ -474,23 +474,31 @@ struct JsonError {
 
 /// The code and message of an error answer: the JSON 1.1 shape, else the `X-Amzn-ErrorType`
 /// header, else a Query-protocol XML document (what some SSM implementations send for an IAM
-/// refusal).
+/// refusal). `sent` is the `SecureString` value the request carried: it is removed before the
+/// text is bounded, whatever its length (held secrets are only looked for in the first 4 KiB).
 fn parse_error(
     body: &[u8],
     header_type: Option<&str>,
+    sent: Option<&str>,
 ) -> Option<(RemoteText, RemoteText, Option<RemoteText>)> {
+    let scrub = |text: &str| match sent {
+        Some(value) if !value.is_empty() && text.contains(value) => {
+            text.replace(value, "** redacted **")
+        }
+        _ => text.to_string(),
+    };
     if let Ok(e) = serde_json::from_slice::<JsonError>(body) {
         let kind = e.kind.as_deref().or(header_type);
         if let Some(kind) = kind {
             let message = e.message.or(e.message_upper).unwrap_or_default();
             return Some((
-                RemoteText::new(code_of(kind)),
-                RemoteText::new(&message),
+                RemoteText::new(&scrub(code_of(kind))),
+                RemoteText::new(&scrub(&message)),
                 None,
             ));
         }
     }
-    let text = String::from_utf8_lossy(body);
+    let text = scrub(&String::from_utf8_lossy(body));
     if let Ok(aws) = crate::xml::parse_error(&text) {
         return Some((aws.code, aws.message, aws.request_id));
     }
@@ -606,7 +614,7 @@ impl SsmClient {
         const ACTION: &str = "GetParameter";
         check_name(ACTION, name)?;
         let body = serde_json::json!({ "Name": name, "WithDecryption": with_decryption });
-        let answer = match self.call(creds, ACTION, name, &body).await {
+        let answer = match self.call(creds, ACTION, name, &body, None).await {
             Ok(answer) => answer,
             Err(e) if e.code() == Some("ParameterNotFound") => return Ok(None),
             Err(e) => return Err(e),
@@ -694,7 +702,8 @@ impl SsmClient {
         if value.len() > STANDARD_VALUE_MAX_BYTES {
             body["Tier"] = "Intelligent-Tiering".into();
         }
-        let answer = match self.call(creds, ACTION, name, &body).await {
+        let sent = (kind == ParameterType::SecureString).then_some(value);
+        let answer = match self.call(creds, ACTION, name, &body, sent).await {
             Ok(answer) => answer,
             Err(e) if !overwrite && e.code() == Some("ParameterAlreadyExists") => {
                 return Ok(PutOutcome::AlreadyExists)
@@ -727,7 +736,7 @@ impl SsmClient {
         const ACTION: &str = "DeleteParameter";
         check_name(ACTION, name)?;
         let body = serde_json::json!({ "Name": name });
-        match self.call(creds, ACTION, name, &body).await {
+        match self.call(creds, ACTION, name, &body, None).await {
             Ok(_) => Ok(true),
             Err(e) if e.code() == Some("ParameterNotFound") => Ok(false),
             Err(e) => Err(e),
@@ -741,6 +750,7 @@ impl SsmClient {
         action: &'static str,
         name: &str,
         body: &serde_json::Value,
+        sent: Option<&str>,
     ) -> Result<Vec<u8>, SsmError> {
         // Whatever these credentials came from, no remote text may echo them from now on.
         redact::hold(&creds.secret_access_key);
@@ -753,7 +763,7 @@ impl SsmClient {
             &self.policy,
             &op,
             &format!("SSM {action} {}", shown(name)),
-            |attempt| self.attempt(creds, action, name, &body, attempt),
+            |attempt| self.attempt(creds, action, name, &body, sent, attempt),
         )
         .await
         .map_err(|gave_up| SsmError::from_gave_up(action, name, gave_up))
@@ -765,6 +775,7 @@ impl SsmClient {
         action: &'static str,
         name: &str,
         body: &[u8],
+        sent: Option<&str>,
         attempt: Attempt,
     ) -> Result<Vec<u8>, Verdict<SsmError>> {
         let url = self.endpoint.to_string();
@@ -855,7 +866,7 @@ impl SsmClient {
             return Ok(reply.body);
         }
         let transient_status = class == Class::Transient;
-        let parsed = parse_error(&reply.body, reply.header("x-amzn-errortype"));
+        let parsed = parse_error(&reply.body, reply.header("x-amzn-errortype"), sent);
         let Some((code, message, request_id)) = parsed else {
             let error = SsmError::Http {
                 action,
@@ -1009,20 +1020,28 @@ mod tests {
         let (code, message, _) = parse_error(
             br#"{"__type":"com.amazonaws.ssm#ParameterAlreadyExists","message":"The parameter already exists."}"#,
             None,
+            None,
         )
         .unwrap();
         assert_eq!(code, "ParameterAlreadyExists");
         assert_eq!(message, "The parameter already exists.");
-        let (code, _, _) = parse_error(b"{}", Some("ThrottlingException:http://x")).unwrap();
+        let (code, _, _) = parse_error(b"{}", Some("ThrottlingException:http://x"), None).unwrap();
         assert_eq!(code, "ThrottlingException");
         let (code, _, id) = parse_error(
             b"<ErrorResponse><Error><Code>AccessDenied</Code><Message>no</Message></Error><RequestId>r-1</RequestId></ErrorResponse>",
+            None,
             None,
         )
         .unwrap();
         assert_eq!(code, "AccessDenied");
         assert!(id.is_some());
-        assert!(parse_error(b"<html>bad gateway</html>", None).is_none());
+        assert!(parse_error(b"<html>bad gateway</html>", None, None).is_none());
+        // A long value sent is removed whole, even past the window held secrets are looked
+        // for in.
+        let value = "v".repeat(6000);
+        let body = serde_json::json!({ "__type": "ValidationException", "message": format!("bad {value}") });
+        let (_, message, _) = parse_error(body.to_string().as_bytes(), None, Some(&value)).unwrap();
+        assert_eq!(message, "bad ** redacted **");
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub struct ClusterSpec {
     /// names: the sim's stand-in for the roles' IAM policies (`docs/iam.md`). Absent: every
     /// signed call is allowed. Present: a role's call is allowed when one of its rules matches
     /// the action and the name, and refused with `AccessDeniedException` otherwise; the access
-    /// keys under `credentials` are allowed everything.
+    /// keys under `credentials` are allowed everything, and so is every request when
+    /// `verify_sigv4` is off (nothing then says who signed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter_access: Option<BTreeMap<String, Vec<ParameterRule>>>,
 }

@@ -9,6 +9,10 @@
 //! ARN, as AWS words it. A `SecureString` read without decryption returns an opaque base64
 //! blob, as SSM returns the KMS ciphertext. No answer and no log line carries a value it was
 //! not asked for.
+//!
+//! Faults injected on the EC2 listener (`Target::Ec2`) apply to these calls too, and its clock
+//! offset is this endpoint's clock; an injected failure is answered in EC2's XML error shape
+//! (`503 RequestLimitExceeded`, ...), since the fault is drawn before the request is dispatched.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -265,6 +265,69 @@ impl Moto {
         moto
     }
 
+    /// As [`start_with_setup`](Self::start_with_setup), or `None` with a loud message when the
+    /// venv is missing outside CI (a failure in CI).
+    pub fn start_with_setup_or_skip(
+        suite: &str,
+        script: &str,
+        args: &[&str],
+    ) -> Option<(Moto, serde_json::Value)> {
+        installed_or_skip(suite).then(|| Moto::start_with_setup(script, args))
+    }
+
+    /// Starts moto with IAM enforced after the setup `script` (a path under the workspace, run
+    /// with the venv's python): the script answers `--call-count` with the number of calls it
+    /// makes, moto lets exactly that many through unauthenticated, and the script then runs
+    /// with `--endpoint URL` and `args` and prints one JSON object, returned here.
+    pub fn start_with_setup(script: &str, args: &[&str]) -> (Moto, serde_json::Value) {
+        let began = Instant::now();
+        let python = venv().join("bin/python");
+        let script = workspace().join(script);
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg("--call-count")
+            .output()
+            .expect("the venv's python runs");
+        assert!(
+            out.status.success(),
+            "{} --call-count: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("--call-count prints a number");
+        let mut moto = Moto::spawn(Some(calls));
+        let out = Command::new(&python)
+            .arg(&script)
+            .args(["--endpoint", &moto.url])
+            .args(args)
+            .output()
+            .expect("the setup script runs");
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{}\n--- moto's log\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            moto.log()
+        );
+        let world: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{} printed no JSON object: {e}\n{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert_eq!(
+            world["setup_calls"], calls,
+            "the script made the calls it planned"
+        );
+        moto.startup = began.elapsed();
+        (moto, world)
+    }
+
     /// The venv's python, for scripts that use boto3 against this moto.
     pub fn python() -> PathBuf {
         venv().join("bin/python")

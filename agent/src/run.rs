@@ -636,11 +636,14 @@ impl Agent {
             remote: &mut self.remote,
             region: &region,
         };
+        let steps = &mut self.steps;
+        let mut on_step = |what: &str| steps.after(what);
         let result = async {
             let ca = tier.ca(&mut cloud, true).await?.expect("made when missing");
-            let (cert, key) = tier.write_pki(&ca)?;
+            let (cert, key) = tier.write_pki(&ca, &mut on_step)?;
             let client = tier.client(&ca, &cert, &key)?;
-            tier.converge(host, &mut cloud, &client, &mut rec).await
+            tier.converge(host, &mut cloud, &client, &mut rec, &mut on_step)
+                .await
         }
         .await;
         if let Err(e) = &result {

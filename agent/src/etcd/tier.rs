@@ -179,11 +179,16 @@ impl<'a> EtcdTier<'a> {
 
     /// The CA certificate and this master's certificates and keys, made again only when they
     /// no longer fit. Returns the client TLS material for the agent.
-    pub fn write_pki(&self, ca: &ClusterCa) -> Result<(String, String), TierError> {
+    pub fn write_pki(
+        &self,
+        ca: &ClusterCa,
+        on_step: &mut dyn FnMut(&str),
+    ) -> Result<(String, String), TierError> {
         let (uid, gid) = self.etcd_owner()?;
         let ca_path = self.pki("ca.crt");
         if std::fs::read_to_string(&ca_path).ok().as_deref() != Some(ca.cert.as_str()) {
             write_atomic_owned(&ca_path, ca.cert.as_bytes(), 0o644, None)?;
+            on_step(&format!("file {}/ca.crt", self.spec.pki_dir));
         }
         for leaf in pki::leaves(self.instance_id, self.ip) {
             let cert_path = self.pki(&format!("{}.crt", leaf.file));
@@ -194,7 +199,9 @@ impl<'a> EtcdTier<'a> {
             let (cert, key) = ca.issue(&leaf)?;
             let owner = leaf.for_etcd.then_some((uid, gid));
             write_atomic_owned(&key_path, key.as_bytes(), 0o600, owner)?;
+            on_step(&format!("file {}/{}.key", self.spec.pki_dir, leaf.file));
             write_atomic_owned(&cert_path, cert.as_bytes(), 0o644, None)?;
+            on_step(&format!("file {}/{}.crt", self.spec.pki_dir, leaf.file));
             log::info!("made the etcd {} certificate", leaf.file);
         }
         let read = |p: PathBuf| {
@@ -357,15 +364,36 @@ impl<'a> EtcdTier<'a> {
         }
     }
 
-    async fn start<H: Host>(&self, host: &mut H, restart: bool) -> Result<(), TierError> {
+    async fn start<H: Host>(
+        &self,
+        host: &mut H,
+        restart: bool,
+        on_step: &mut dyn FnMut(&str),
+    ) -> Result<(), TierError> {
         let op = if restart {
             UnitOp::Restart
         } else {
             UnitOp::Start
         };
         host.unit_op(&self.spec.unit, op).await?;
+        on_step(&format!("{op} {}", self.spec.unit));
         host.unit_op(&self.spec.unit, UnitOp::Enable).await?;
+        on_step(&format!("enable {}", self.spec.unit));
         Ok(())
+    }
+
+    /// Writes etcd.conf for a start, as a step.
+    fn conf_step(
+        &self,
+        ic: &[(String, String)],
+        state: InitialState,
+        on_step: &mut dyn FnMut(&str),
+    ) -> Result<bool, TierError> {
+        let changed = self.write_conf(ic, state)?;
+        if changed {
+            on_step(&format!("file {}", self.spec.conf));
+        }
+        Ok(changed)
     }
 
     /// Where membership changes are sent: the leader, else any healthy member.
@@ -389,6 +417,7 @@ impl<'a> EtcdTier<'a> {
         cloud: &mut C,
         client: &EtcdClient,
         rec: &mut EtcdRecord,
+        on_step: &mut dyn FnMut(&str),
     ) -> Result<TierOutcome, TierError> {
         let deadline = Instant::now() + CONVERGE_DEADLINE;
         rec.changes.clear();
@@ -398,7 +427,7 @@ impl<'a> EtcdTier<'a> {
             let step = decide::next(&o);
             log::debug!("etcd step: {step:?}");
             let pause = match self
-                .take(host, cloud, client, rec, &o, &step, &mut started)
+                .take(host, cloud, client, rec, (&o, &step), &mut started, on_step)
                 .await?
             {
                 Some(outcome) => return Ok(outcome),
@@ -428,9 +457,9 @@ impl<'a> EtcdTier<'a> {
         cloud: &mut C,
         client: &EtcdClient,
         rec: &mut EtcdRecord,
-        o: &Observation,
-        step: &Step,
+        (o, step): (&Observation, &Step),
         started: &mut bool,
+        on_step: &mut dyn FnMut(&str),
     ) -> Result<Option<TierOutcome>, TierError> {
         let refused = |what: &str| {
             let what = what.to_string();
@@ -459,16 +488,19 @@ impl<'a> EtcdTier<'a> {
                     cluster_id: None,
                 };
                 let json = serde_json::to_string(&claim).expect("serializes");
-                if o.seed.is_none() && !cloud.create_parameter(&name, &json, false).await? {
-                    log::info!("etcd: another master claimed the seeding first");
-                    return Ok(None);
+                if o.seed.is_none() {
+                    if !cloud.create_parameter(&name, &json, false).await? {
+                        log::info!("etcd: another master claimed the seeding first");
+                        return Ok(None);
+                    }
+                    on_step("claim the seed marker");
                 }
                 log::info!(
                     "etcd: seeding cluster `{}` as its first member",
                     self.cluster
                 );
-                self.write_conf(&[(me, self.peer_url())], InitialState::New)?;
-                self.start(host, true).await?;
+                self.conf_step(&[(me, self.peer_url())], InitialState::New, on_step)?;
+                self.start(host, true, on_step).await?;
                 *started = true;
                 let Some(st) = self.local_answers(client).await else {
                     return Ok(None);
@@ -501,9 +533,9 @@ impl<'a> EtcdTier<'a> {
                         InitialState::Existing,
                     )
                 });
-                let changed = self.write_conf(&ic, state)?;
+                let changed = self.conf_step(&ic, state, on_step)?;
                 log::info!("etcd: starting the local member from its data directory");
-                self.start(host, changed).await?;
+                self.start(host, changed, on_step).await?;
                 *started = true;
                 self.local_answers(client).await;
             }
@@ -515,14 +547,15 @@ impl<'a> EtcdTier<'a> {
                 match client.add_learner(&ep, &self.peer_url()).await {
                     Ok((id, members)) => {
                         log::info!("etcd: added this master as learner {id:x}");
+                        on_step("add learner");
                         rec.changes.push(format!("added as learner {id:x}"));
                         let view = View {
                             members,
                             ..v.clone()
                         };
                         let ic = decide::initial_cluster(&view, id, self.instance_id);
-                        self.write_conf(&ic, InitialState::Existing)?;
-                        self.start(host, true).await?;
+                        self.conf_step(&ic, InitialState::Existing, on_step)?;
+                        self.start(host, true, on_step).await?;
                         *started = true;
                     }
                     Err(e) if retryable(&e) => log::info!("etcd: add not now: {e}"),
@@ -531,8 +564,8 @@ impl<'a> EtcdTier<'a> {
             }
             Step::StartJoined { initial_cluster } => {
                 log::info!("etcd: starting this master's member, listed and never started");
-                self.write_conf(initial_cluster, InitialState::Existing)?;
-                self.start(host, true).await?;
+                self.conf_step(initial_cluster, InitialState::Existing, on_step)?;
+                self.start(host, true, on_step).await?;
                 *started = true;
             }
             Step::Promote { id } => {
@@ -543,6 +576,7 @@ impl<'a> EtcdTier<'a> {
                 match client.promote(&ep, *id).await {
                     Ok(()) => {
                         log::info!("etcd: promoted learner {id:x} to a voting member");
+                        on_step("promote");
                         rec.changes.push(format!("promoted {id:x}"));
                     }
                     Err(e) if retryable(&e) => {
@@ -559,6 +593,7 @@ impl<'a> EtcdTier<'a> {
                 };
                 if *why == decide::Removal::MyDataLost {
                     host.unit_op(&self.spec.unit, UnitOp::Stop).await?;
+                    on_step(&format!("stop {}", self.spec.unit));
                 }
                 match client.remove(&ep, *id).await {
                     Ok(()) => {
@@ -568,6 +603,7 @@ impl<'a> EtcdTier<'a> {
                             name.clone()
                         };
                         log::warn!("etcd: removed member {who}: {why}");
+                        on_step("remove member");
                         rec.changes.push(format!("removed {who} ({why})"));
                     }
                     Err(e) if e.message().contains("member not found") => {}
@@ -580,6 +616,7 @@ impl<'a> EtcdTier<'a> {
             }
             Step::DiscardLocalData => {
                 host.unit_op(&self.spec.unit, UnitOp::Stop).await?;
+                on_step(&format!("stop {}", self.spec.unit));
                 let from = self.path(&self.spec.data_dir);
                 let to = PathBuf::from(format!("{}.removed-{}", from.display(), now_secs()));
                 std::fs::rename(&from, &to).map_err(|e| {
@@ -589,6 +626,7 @@ impl<'a> EtcdTier<'a> {
                     "etcd: the cluster no longer lists this member; its data directory is kept as {}",
                     to.display()
                 );
+                on_step("move the data directory aside");
                 rec.changes.push(format!(
                     "moved the stale data directory to {}",
                     to.display()

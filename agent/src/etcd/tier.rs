@@ -516,6 +516,7 @@ impl<'a> EtcdTier<'a> {
                         false,
                     )
                     .await?;
+                on_step("mark the cluster formed");
                 rec.changes
                     .push(format!("seeded cluster {:x}", st.cluster_id));
             }

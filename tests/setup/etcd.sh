@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the network suite (tests/tests/etcd_netns.rs) needs: a real etcd (Debian's
 # etcd-server, 3.4) that the master's namespace runs from the agent's etcd.conf, iproute2 for the
-# nodes' network namespaces and their bridge, and curl as the nodes' etcd client. Nothing is
-# started here: the test starts etcd in its own namespace and stops it by its PID.
+# nodes' network namespaces and their bridge, and curl as the nodes' etcd client; and for the
+# masters' LAN (tests/src/lan.rs) etcdctl (Debian's etcd-client), which judges membership and
+# health. Nothing is started here: the test starts etcd in its own namespace and stops it by its
+# PID.
 #
 # Idempotent: a no-op when every tool is present. Install only; nothing is built.
 set -euo pipefail
@@ -11,6 +13,8 @@ set -euo pipefail
 install_part() {
     local need=()
     command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+    # etcdctl: the LAN suite's judge of membership and health (tests/src/lan.rs).
+    command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     ((${#need[@]})) || return 0
@@ -24,6 +28,7 @@ install_part() {
     fi
     berth_apt_install "${need[@]}"
     command -v etcd >/dev/null || berth_die "etcd still missing after installing etcd-server"
+    command -v etcdctl >/dev/null || berth_die "etcdctl still missing after installing etcd-client"
 }
 
 berth_setup_main "$@"

@@ -51,6 +51,16 @@ fn workspace_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The uid and gid of the `etcd` user and group that [`Container::install_etcd`] (and
+/// [`Container::install_fedora21`]) create.
+pub const ETCD_UID: u32 = 995;
+pub const ETCD_GID: u32 = 993;
+
+/// The etcd 3 fixtures (`tests/fixtures/etcd`): the Fedora-shaped `etcd.service`.
+pub fn etcd_fixtures_dir() -> PathBuf {
+    workspace_dir().join("tests/fixtures/etcd")
+}
+
 /// The Fedora 21 fixtures (`tests/fixtures/fedora-21`).
 pub fn fixtures_dir() -> PathBuf {
     workspace_dir().join("tests/fixtures/fedora-21")
@@ -96,6 +106,8 @@ pub struct Container {
     boots: u32,
     /// Whether `root` is an overlay mount, to be unmounted on drop.
     overlay: bool,
+    /// The named network namespace (`/run/netns/NAME`) to boot into; `None` for a private one.
+    netns: Option<PathBuf>,
 }
 
 impl Container {
@@ -142,6 +154,7 @@ impl Container {
             pid1: None,
             boots: 0,
             overlay: mounted,
+            netns: None,
         }
     }
 
@@ -198,6 +211,55 @@ impl Container {
         set_mode(&log_dir, 0o1777);
     }
 
+    /// Boot into the existing network namespace `netns` (`/run/netns/NAME`, as `ip netns add`
+    /// makes it) from now on, instead of a private one: the container then has that namespace's
+    /// interfaces and addresses, and its processes reach whatever that namespace reaches. Takes
+    /// effect at the next [`Container::boot`].
+    pub fn set_network_namespace(&mut self, netns: &Path) {
+        self.netns = Some(netns.to_path_buf());
+    }
+
+    /// Install the host's etcd 3 (`/usr/bin/etcd` and `/usr/bin/etcdctl`, Debian's `etcd-server`
+    /// and `etcd-client`, see `tests/setup/etcd.sh`) with a Fedora-shaped `etcd.service`
+    /// (`tests/fixtures/etcd/etcd.service`: `Type=notify`, `User=etcd`, every setting from the
+    /// `ETCD_*` variables of `/etc/etcd/etcd.conf`), the `etcd` user and group, an empty
+    /// `/etc/etcd/` and `/var/lib/etcd` (mode 0700, owned by `etcd`), as Fedora's package lays
+    /// them out. Not enabled and not started: what starts etcd is under test.
+    pub fn install_etcd(&self) {
+        for program in ["etcd", "etcdctl"] {
+            let host = Path::new("/usr/bin").join(program);
+            let inside = self.path("/usr/bin").join(program);
+            let _ = std::fs::remove_file(&inside);
+            std::fs::copy(&host, &inside).unwrap_or_else(|e| {
+                panic!(
+                    "copy {} into the container: {e} (run tests/setup/etcd.sh)",
+                    host.display()
+                )
+            });
+        }
+        std::fs::copy(
+            etcd_fixtures_dir().join("etcd.service"),
+            self.path("/usr/lib/systemd/system/etcd.service"),
+        )
+        .expect("copy the etcd unit");
+        let passwd = std::fs::read_to_string(self.path("/etc/passwd")).unwrap();
+        if !passwd.lines().any(|l| l.starts_with("etcd:")) {
+            append(
+                &self.path("/etc/passwd"),
+                "etcd:x:995:993:etcd user:/var/lib/etcd:/sbin/nologin\n",
+            );
+        }
+        let group = std::fs::read_to_string(self.path("/etc/group")).unwrap();
+        if !group.lines().any(|l| l.starts_with("etcd:")) {
+            append(&self.path("/etc/group"), "etcd:x:993:\n");
+        }
+        std::fs::create_dir_all(self.path("/etc/etcd")).unwrap();
+        let data = self.path("/var/lib/etcd");
+        std::fs::create_dir_all(&data).unwrap();
+        chown(&data, ETCD_UID, ETCD_GID);
+        set_mode(&data, 0o700);
+    }
+
     /// Boot (or boot again, after the container rebooted or was stopped) and wait until systemd
     /// reports the system running.
     pub fn boot(&mut self) {
@@ -209,13 +271,11 @@ impl Container {
             std::fs::File::create(self.dir.path().join(format!("console-{}.log", self.boots)))
                 .unwrap();
         let child = Command::new("systemd-nspawn")
-            .args([
-                "--quiet",
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                "--private-network",
-            ])
+            .args(["--quiet", "--boot", "--register=no", "--keep-unit"])
+            .arg(match &self.netns {
+                Some(path) => format!("--network-namespace-path={}", path.display()),
+                None => "--private-network".to_string(),
+            })
             .arg("--directory")
             .arg(self.root())
             .arg(format!("--bind={}:/run/dbus", bus.display()))

@@ -6,6 +6,7 @@ pub mod agent_host;
 pub mod dbus;
 pub mod fresh;
 pub mod hostile;
+pub mod ha;
 pub mod lan;
 pub mod moto;
 pub mod nspawn;

@@ -287,7 +287,9 @@ impl Lan {
     }
 
     /// `argv` run in the bridge namespace, its output collected: how a test looks at the LAN
-    /// from outside every node (`etcdctl --endpoints http://10.N.0.x:2379 member list`).
+    /// from outside every node (`etcdctl --endpoints http://10.N.0.x:2379 member list`). It
+    /// runs on the host's files: TLS material written inside a container is named by its host
+    /// path (`master.ct.path("/etc/etcd/pki/ca.crt")`).
     pub fn exec(&self, argv: &[&str]) -> Output {
         let (program, args) = argv.split_first().expect("a command");
         in_netns(&self.bridge_netns_path(), program)
@@ -561,6 +563,15 @@ impl Master {
         let netns = lan.add_node(&name, ip);
         let mut ct = Container::new();
         ct.install_etcd();
+        // The root is an overlay that the host mounted and nspawn keeps read-write, and the
+        // image's fstab is empty: there is nothing to remount. Booted three at a time, one
+        // container in a few had this unit fail and came up `degraded`, which a test checking
+        // `is-system-running` would take for a broken node.
+        std::os::unix::fs::symlink(
+            "/dev/null",
+            ct.path("/etc/systemd/system/systemd-remount-fs.service"),
+        )
+        .expect("mask systemd-remount-fs.service");
         ct.set_network_namespace(&netns);
         Master {
             name,
@@ -694,6 +705,10 @@ impl Master {
     /// in this node's network namespace, against this instance's IMDS and the region's EC2
     /// endpoint, with `--root` the container's root; `run` also gets `--system-bus` the
     /// container's bus, so every unit action goes through the container's systemd.
+    ///
+    /// rpm-ostree's bus is not given: the agent then looks for rpm-ostree on the container's
+    /// system bus, where there is none, so a configuration that upgrades the OS is not for this
+    /// harness (add `--rpmostree-bus` to the command for one).
     ///
     /// The child's PID is the agent's own (`nsenter` execs it): stop it by that PID.
     pub fn agent(&self, args: &[&str]) -> Command {

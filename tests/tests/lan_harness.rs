@@ -182,6 +182,14 @@ fn three_masters_form_an_etcd_cluster_on_the_lan_and_outlive_a_lost_member() {
     let mut masters = Master::launch_all(&lan, &region, specs);
     let boot = t_boot.elapsed();
     eprintln!("three containers booted in parallel in {boot:?}");
+    for m in &masters {
+        assert_eq!(
+            m.ct.systemctl(&["is-system-running"]),
+            "running",
+            "{}",
+            m.name
+        );
+    }
     let mut all_names = names.clone();
     all_names.extend(lan.netns_names());
 

@@ -414,12 +414,12 @@ impl Config {
         invalid: &dyn Fn(&str, &str, &str, &str) -> ConfigError,
     ) -> Result<(), ConfigError> {
         if let Some(g) = e.stopped_grace_seconds {
-            if !(60..=30 * 86_400).contains(&g) {
+            if !(5..=30 * 86_400).contains(&g) {
                 return Err(invalid(
                     "etcd.stopped_grace_seconds",
                     &g.to_string(),
                     "out of range",
-                    "use a number of seconds from 60 to 2592000 (30 days)",
+                    "use a number of seconds from 5 to 2592000 (30 days)",
                 ));
             }
             self.etcd.stopped_grace_seconds = g;

@@ -217,12 +217,14 @@ impl Steps {
     }
 }
 
-/// A step hook that aborts the process right after step `n`, as a power cut would: how the
-/// crash-safety tests (`BERTH_CRASH_AT=N`) interrupt a run between two writes.
+/// A step hook that kills the process with SIGKILL right after step `n`, as a power cut would:
+/// how the crash-safety tests (`BERTH_CRASH_AT=N`) interrupt a run between two writes.
 pub fn abort_after(n: u32) -> StepHook {
     Box::new(move |done, what| {
         if done == n {
             log::error!("BERTH_CRASH_AT={n}: aborting after {what}");
+            // SAFETY: kill(2) on this process; nothing runs after it.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             std::process::abort();
         }
     })

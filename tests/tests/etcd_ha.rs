@@ -20,7 +20,13 @@ fn formed(tag: &str, n: usize) -> Ha {
     let t = Instant::now();
     let outs = ha.converge_all(&all);
     for (i, out) in outs.iter().enumerate() {
-        assert!(out.status.success(), "master m{}: {}", i + 1, describe(out));
+        assert!(
+            out.status.success(),
+            "master m{}: {}\n--- etcd journal\n{}",
+            i + 1,
+            describe(out),
+            journal_tail(&ha.masters[i].etcd_journal())
+        );
     }
     eprintln!("{n} masters launched at once: converged in {:?}", t.elapsed());
     assert!(ha.wait_healthy(&all, HEALTHY), "the cluster is not healthy");
@@ -61,4 +67,232 @@ fn three_masters_launched_at_once_form_one_cluster() {
         let md = std::fs::metadata(ha.masters[0].ct.path(&format!("/etc/etcd/pki/{f}"))).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600, "{f}");
     }
+}
+
+/// The last lines of an etcd journal, without the settings etcd echoes at each start.
+fn journal_tail(j: &str) -> String {
+    let lines: Vec<&str> = j
+        .lines()
+        .filter(|l| !l.contains("recognized and used environment variable"))
+        .collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Every master's agent, each once; all must converge.
+fn converge_ok(ha: &Ha, which: &[usize]) {
+    for (i, out) in which.iter().zip(ha.converge_all(which)) {
+        assert!(
+            out.status.success(),
+            "master m{}: {}\n--- etcd journal\n{}",
+            i + 1,
+            describe(&out),
+            journal_tail(&ha.masters[*i].etcd_journal())
+        );
+    }
+}
+
+#[test]
+fn a_terminated_master_is_replaced_on_its_address_and_on_a_new_one() {
+    if !have_root("a_terminated_master_is_replaced_on_its_address_and_on_a_new_one") {
+        return;
+    }
+    let mut ha = formed("replace", 3);
+    ha.put(0, "/berth-test/before", "kept");
+
+    // m3 terminated; its replacement m4 gets m3's address before any agent healed the cluster:
+    // the dead member holding m4's peer URL is removed first, then m4 joins.
+    let host = ha.masters[2].ip.octets()[3];
+    let spec = berth_e2e::ha::master_spec(&ha.lan, "m4", host);
+    let m4 = {
+        let Ha {
+            masters,
+            lan,
+            region,
+            ..
+        } = &mut ha;
+        masters[2].replace(lan, region, spec, |_| {})
+    };
+    ha.masters.push(m4);
+    let t = Instant::now();
+    converge_ok(&ha, &[3]);
+    eprintln!("replacement on the same address joined in {:?}", t.elapsed());
+    converge_ok(&ha, &[0, 1, 3]);
+    assert_eq!(ha.voters(&[0, 1, 3]), ha.ids(&[0, 1, 3]));
+    assert!(ha.wait_healthy(&[0, 1, 3], HEALTHY));
+
+    // m2 terminated; its replacement m5 gets a new address: m5 joins, the leader's agent removes
+    // m2 (EC2 says terminated).
+    let host = ha.next_host();
+    let spec = berth_e2e::ha::master_spec(&ha.lan, "m5", host);
+    let m5 = {
+        let Ha {
+            masters,
+            lan,
+            region,
+            ..
+        } = &mut ha;
+        masters[1].replace(lan, region, spec, |_| {})
+    };
+    ha.masters.push(m5);
+    let t = Instant::now();
+    converge_ok(&ha, &[4]);
+    converge_ok(&ha, &[0, 3, 4]);
+    eprintln!("replacement on a new address joined and the dead member left in {:?}", t.elapsed());
+    assert_eq!(ha.voters(&[0, 3, 4]), ha.ids(&[0, 3, 4]));
+    assert!(ha.wait_healthy(&[0, 3, 4], HEALTHY));
+    for i in [0, 3, 4] {
+        assert_eq!(ha.get(i, "/berth-test/before").as_deref(), Some("kept"));
+    }
+}
+
+#[test]
+fn three_to_five_to_three_keeps_the_data() {
+    if !have_root("three_to_five_to_three_keeps_the_data") {
+        return;
+    }
+    let mut ha = formed("grow", 3);
+    ha.put(1, "/berth-test/written-at-3", "still here");
+    let added = ha.launch(2);
+    let t = Instant::now();
+    converge_ok(&ha, &added);
+    eprintln!("3 -> 5: two masters launched at once joined in {:?}", t.elapsed());
+    let all: Vec<usize> = (0..5).collect();
+    assert_eq!(ha.voters(&all), ha.ids(&all));
+    assert!(ha.wait_healthy(&all, HEALTHY));
+
+    // Two of the original three terminated at once: quorum (3 of 5) holds, and the leader's
+    // agent removes them one at a time.
+    for i in [0, 1] {
+        let Ha {
+            masters, region, ..
+        } = &mut ha;
+        masters[i].terminate(region);
+    }
+    let left = [2, 3, 4];
+    let t = Instant::now();
+    converge_ok(&ha, &left);
+    eprintln!("5 -> 3: two dead members removed in {:?}", t.elapsed());
+    assert_eq!(ha.voters(&left), ha.ids(&left));
+    assert!(ha.wait_healthy(&left, HEALTHY));
+    for i in left {
+        assert_eq!(
+            ha.get(i, "/berth-test/written-at-3").as_deref(),
+            Some("still here")
+        );
+    }
+}
+
+#[test]
+fn a_master_whose_data_is_lost_is_removed_and_added_again() {
+    if !have_root("a_master_whose_data_is_lost_is_removed_and_added_again") {
+        return;
+    }
+    let mut ha = formed("dataloss", 3);
+    ha.put(0, "/berth-test/k", "v");
+    let all = [0, 1, 2];
+    let id_of = |ha: &mut Ha, name: &str| {
+        ha.member_list(&[0])
+            .1
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.id)
+    };
+    let m3 = ha.masters[2].instance_id.clone();
+    let before = id_of(&mut ha, &m3).unwrap();
+
+    // A reboot with its data: the same member, no membership change.
+    let ls = |ha: &Ha| {
+        let out = std::process::Command::new("find")
+            .arg(ha.masters[2].ct.path("/var/lib/etcd"))
+            .args(["-printf", "%u:%g %m %s %p\\n"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eprintln!("before kill:\n{}", ls(&ha));
+    ha.masters[2].kill();
+    eprintln!("after kill:\n{}", ls(&ha));
+    ha.masters[2].boot();
+    converge_ok(&ha, &[2]);
+    assert_eq!(id_of(&mut ha, &m3), Some(before), "a member with its data was re-added");
+    assert!(ha.wait_healthy(&all, HEALTHY));
+
+    // The data directory lost: its old member is removed and it joins as a new one.
+    ha.masters[2].kill();
+    ha.masters[2].wipe_etcd_data();
+    ha.masters[2].boot();
+    converge_ok(&ha, &[2]);
+    let after = id_of(&mut ha, &m3).unwrap();
+    assert_ne!(after, before, "the member of the lost data stayed");
+    assert_eq!(ha.voters(&all), ha.ids(&all));
+    assert!(ha.wait_healthy(&all, HEALTHY));
+    assert_eq!(ha.get(2, "/berth-test/k").as_deref(), Some("v"));
+}
+
+#[test]
+fn a_partitioned_master_is_never_removed_and_a_stopped_one_only_after_the_grace_period() {
+    if !have_root("a_partitioned_master_is_never_removed_and_a_stopped_one_only_after_the_grace_period") {
+        return;
+    }
+    let mut ha = formed("partition", 3);
+    let all = [0, 1, 2];
+    let name3 = ha.masters[2].name.clone();
+    ha.lan.link_down(&name3);
+    // Past the grace period (10 s), the instance still running: nobody removes it.
+    std::thread::sleep(Duration::from_secs(12));
+    converge_ok(&ha, &[0, 1]);
+    converge_ok(&ha, &[0, 1]);
+    let (_, members) = ha.member_list(&[0, 1]);
+    assert_eq!(members.len(), 3, "a running instance's member was removed: {members:?}");
+    assert!(!ha.healthy(&all), "the partitioned member answers");
+    ha.lan.link_up(&name3);
+    assert!(ha.wait_healthy(&all, HEALTHY), "the partition did not heal");
+    converge_ok(&ha, &all);
+
+    // Stopped (EC2 says so; its etcd is gone): kept within the grace period, removed after.
+    let id3 = ha.masters[2].instance_id.clone();
+    ha.masters[2].kill();
+    ha.region.set_state(&id3, "stopped");
+    converge_ok(&ha, &[0, 1]);
+    assert_eq!(ha.member_list(&[0, 1]).1.len(), 3, "removed within the grace period");
+    std::thread::sleep(Duration::from_secs(11));
+    converge_ok(&ha, &[0, 1]);
+    assert_eq!(ha.voters(&[0, 1]), ha.ids(&[0, 1]));
+    let status = ha.status(0);
+    assert!(status.contains("etcd: healthy"), "{status}");
+}
+
+#[test]
+fn with_two_of_three_masters_terminated_the_survivor_needs_a_restore_and_never_seeds() {
+    if !have_root("with_two_of_three_masters_terminated_the_survivor_needs_a_restore_and_never_seeds") {
+        return;
+    }
+    let mut ha = formed("quorum", 3);
+    ha.put(0, "/berth-test/k", "v");
+    let (cluster_before, _) = ha.member_list(&[0]);
+    for i in [1, 2] {
+        let Ha {
+            masters, region, ..
+        } = &mut ha;
+        masters[i].terminate(region);
+    }
+    let out = ha.converge(0);
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    let status = ha.status(0);
+    assert!(status.contains("needs restore"), "{status}");
+    assert!(status.contains("Restoring etcd"), "{status}");
+    // Nothing was removed, no cluster was seeded: the survivor still lists three members of
+    // the same cluster, and keeps its data.
+    let (cluster_after, members) = ha.member_list(&[0]);
+    assert_eq!(cluster_after, cluster_before);
+    assert_eq!(members.len(), 3);
+    assert!(!ha.healthy(&[0]));
+    // A master launched now does not seed a second cluster either.
+    let new = ha.launch(1)[0];
+    let out = ha.converge(new);
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+    let answered = ha.etcdctl(&ha.endpoints(&[new]), &["endpoint", "status"]);
+    assert!(!answered.status.success(), "the new master runs a cluster of its own");
+    let data = ha.masters[new].ct.path("/var/lib/etcd/default.etcd/member");
+    assert!(!data.exists(), "the new master created an etcd data directory");
 }

@@ -229,7 +229,9 @@ pub fn seed_candidate(masters: &BTreeSet<String>) -> Option<&str> {
 pub fn next(o: &Observation) -> Step {
     match &o.view {
         None => unanswered(o),
-        Some(v) if v.leader.is_none() => leaderless(o, v),
+        // A leader that does not answer is as good as none: a member may still name a dead
+        // leader until its election timeout.
+        Some(v) if v.leader.is_none_or(|l| !v.healthy.contains(&l)) => leaderless(o, v),
         Some(v) => with_leader(o, v),
     }
 }

@@ -364,6 +364,11 @@ impl<'a> EtcdTier<'a> {
         }
     }
 
+    /// Starts (or restarts) etcd, and makes sure the unit is not enabled: the agent alone starts
+    /// it, after it checked the data directory. An enabled etcd would start at boot with the
+    /// last etcd.conf even when its data directory was lost, and join under its old member id
+    /// with an empty log (etcd then panics: "tocommit(N) is out of range"), or leave a `member/`
+    /// directory that looks like data.
     async fn start<H: Host>(
         &self,
         host: &mut H,
@@ -377,8 +382,22 @@ impl<'a> EtcdTier<'a> {
         };
         host.unit_op(&self.spec.unit, op).await?;
         on_step(&format!("{op} {}", self.spec.unit));
-        host.unit_op(&self.spec.unit, UnitOp::Enable).await?;
-        on_step(&format!("enable {}", self.spec.unit));
+        host.unit_op(&self.spec.unit, UnitOp::Disable).await?;
+        on_step(&format!("disable {}", self.spec.unit));
+        Ok(())
+    }
+
+    /// Before a member starts with `existing` and no data: whatever a failed start left in the
+    /// data directory (no WAL) is moved aside, never deleted.
+    fn clear_partial_data(&self, on_step: &mut dyn FnMut(&str)) -> Result<(), TierError> {
+        let dir = self.path(&self.spec.data_dir);
+        if self.local_data() || !dir.exists() {
+            return Ok(());
+        }
+        let to = PathBuf::from(format!("{}.partial-{}", dir.display(), now_secs()));
+        std::fs::rename(&dir, &to)
+            .map_err(|e| TierError::Setup(format!("moving {} aside: {e}", dir.display())))?;
+        on_step("move a partial data directory aside");
         Ok(())
     }
 
@@ -499,6 +518,7 @@ impl<'a> EtcdTier<'a> {
                     "etcd: seeding cluster `{}` as its first member",
                     self.cluster
                 );
+                self.clear_partial_data(on_step)?;
                 self.conf_step(&[(me, self.peer_url())], InitialState::New, on_step)?;
                 self.start(host, true, on_step).await?;
                 *started = true;
@@ -555,6 +575,7 @@ impl<'a> EtcdTier<'a> {
                             ..v.clone()
                         };
                         let ic = decide::initial_cluster(&view, id, self.instance_id);
+                        self.clear_partial_data(on_step)?;
                         self.conf_step(&ic, InitialState::Existing, on_step)?;
                         self.start(host, true, on_step).await?;
                         *started = true;
@@ -565,6 +586,7 @@ impl<'a> EtcdTier<'a> {
             }
             Step::StartJoined { initial_cluster } => {
                 log::info!("etcd: starting this master's member, listed and never started");
+                self.clear_partial_data(on_step)?;
                 self.conf_step(initial_cluster, InitialState::Existing, on_step)?;
                 self.start(host, true, on_step).await?;
                 *started = true;
@@ -768,6 +790,11 @@ fn retryable(e: &EtcdError) -> bool {
             "request timed out",
             "leader changed",
             "no leader",
+            // A change sent through a member that has not applied the last one yet (a removed
+            // leader, an add right after a removal).
+            "member not found",
+            "server stopped",
+            "raft: stopped",
         ]
         .iter()
         .any(|s| m.contains(s))

@@ -19,7 +19,8 @@ pub const GROUP: &str = "sg-0e1a2b3c4d5e6f709";
 pub const CA_PARAMETER: &str = "/berth/ha/master/etcd-ca";
 /// The user-data every master gets: the kubeadm profile; no OS upgrade (no rpm-ostree in the
 /// containers); a grace period of 10 s for stopped masters.
-pub const USER_DATA: &str = "profile: kubeadm\nupgrade: false\netcd:\n  stopped_grace_seconds: 10\n";
+pub const USER_DATA: &str =
+    "profile: kubeadm\nupgrade: false\netcd:\n  stopped_grace_seconds: 10\n";
 
 /// The least-privilege rules of docs/iam.md, as the region enforces them.
 pub fn parameter_access() -> BTreeMap<String, Vec<ParameterRule>> {
@@ -35,7 +36,10 @@ pub fn parameter_access() -> BTreeMap<String, Vec<ParameterRule>> {
                     &format!("/berth/{CLUSTER}/master/*"),
                     &["GetParameter", "PutParameter", "DeleteParameter"],
                 ),
-                rule(&format!("/berth/{CLUSTER}/node/*"), &["GetParameter", "PutParameter"]),
+                rule(
+                    &format!("/berth/{CLUSTER}/node/*"),
+                    &["GetParameter", "PutParameter"],
+                ),
             ],
         ),
         (

@@ -367,6 +367,21 @@ fn with_leader(o: &Observation, v: &View) -> Step {
         },
         (Some(m), false) => guarded_remove(v, m, Removal::MyDataLost),
         (None, true) => Step::DiscardLocalData,
+        // etcd refuses every add while the leader is not connected to all voting members
+        // (strict reconfiguration check): a dead voter must go first, and that is the leader's
+        // agent's removal.
+        (None, false) if v.voters().any(|m| removal_of(o, m).is_some()) => {
+            let dead: Vec<&str> = v
+                .voters()
+                .filter(|m| removal_of(o, m).is_some())
+                .map(|m| m.name.as_str())
+                .collect();
+            wait(format!(
+                "member {} is gone; the leader's agent removes it before this master joins \
+                 (etcd refuses an add while a voting member is unreachable)",
+                dead.join(", ")
+            ))
+        }
         (None, false) => match v.members.iter().find(|m| m.is_learner) {
             Some(l) if removal_of(o, l).is_none() => wait(format!(
                 "another master joins first (learner {})",
@@ -772,5 +787,16 @@ mod tests {
                 why: Removal::UnstartedWithoutInstance
             }
         );
+    }
+
+    #[test]
+    fn a_joiner_waits_for_the_leader_to_remove_a_dead_voter() {
+        let mut o = obs(C, &[A, C]);
+        o.fates.insert(B.into(), Fate::Gone);
+        o.view = Some(view(vec![member(1, A), member(2, B)], Some(1)));
+        match next(&o) {
+            Step::Wait { reason } => assert!(reason.contains(B), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -331,3 +331,108 @@ fn with_two_of_three_masters_terminated_the_survivor_needs_a_restore_and_never_s
         "the new master created an etcd data directory"
     );
 }
+
+/// Puts master `i` back as it was before its first run: its member (if any) removed through
+/// the others, etcd stopped, its data, certificates, etcd.conf and berth state gone, its
+/// `/etc/hosts` as launched.
+fn reset_joiner(ha: &mut Ha, i: usize, hosts: Option<&[u8]>, others: &[usize]) {
+    let _ = ha.masters[i]
+        .ct
+        .exec(&["systemctl", "stop", "etcd.service"]);
+    let peer = format!("https://{}:2380", ha.masters[i].ip);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, members) = ha.member_list(others);
+        let Some(m) = members.iter().find(|m| m.peer_urls.contains(&peer)) else {
+            break;
+        };
+        let id = format!("{:x}", m.id);
+        let out = ha.etcdctl(&ha.endpoints(others), &["member", "remove", &id]);
+        if out.status.success() {
+            continue;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot remove the joiner's member: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ct = &ha.masters[i].ct;
+    for dir in ["/var/lib/etcd", "/etc/etcd/pki", "/var/lib/berth"] {
+        let p = ct.path(dir);
+        if p.exists() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let e = e.unwrap().path();
+                if e.is_dir() {
+                    std::fs::remove_dir_all(&e).unwrap();
+                } else {
+                    std::fs::remove_file(&e).unwrap();
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(ct.path("/etc/etcd/etcd.conf"));
+    match hosts {
+        Some(h) => std::fs::write(ct.path("/etc/hosts"), h).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(ct.path("/etc/hosts"));
+        }
+    }
+}
+
+#[test]
+fn a_join_killed_after_any_step_converges_on_the_next_run_with_no_orphan_member() {
+    if !have_root("a_join_killed_after_any_step_converges_on_the_next_run_with_no_orphan_member") {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let mut ha = formed("crash", 2);
+    let joiner = ha.launch(1)[0];
+    let hosts = std::fs::read(ha.masters[joiner].ct.path("/etc/hosts")).ok();
+    let all = [0, 1, joiner];
+    let mut steps = Vec::new();
+    for n in 1.. {
+        if n > 1 {
+            reset_joiner(&mut ha, joiner, hosts.as_deref(), &[0, 1]);
+        }
+        let crashed = ha.converge_with(joiner, &[("BERTH_CRASH_AT", &n.to_string())]);
+        if crashed.status.success() {
+            break;
+        }
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "step {n}: {}",
+            describe(&crashed)
+        );
+        let stderr = String::from_utf8_lossy(&crashed.stderr);
+        let marker = format!("BERTH_CRASH_AT={n}: aborting after ");
+        let what = stderr
+            .lines()
+            .find_map(|l| l.split_once(&marker).map(|(_, w)| w.to_string()))
+            .unwrap_or_else(|| panic!("step {n} not reached: {}", describe(&crashed)));
+        // The next run converges: three started voters, no learner, no unstarted member.
+        let out = ha.converge(joiner);
+        assert!(
+            out.status.success(),
+            "after a kill at step {n} ({what}): {}\n--- etcd journal\n{}",
+            describe(&out),
+            journal_tail(&ha.masters[joiner].etcd_journal())
+        );
+        assert!(ha.wait_healthy(&all, HEALTHY), "after step {n} ({what})");
+        assert_eq!(ha.voters(&all), ha.ids(&all), "after step {n} ({what})");
+        steps.push(what);
+        assert!(n < 40, "a join of more than 40 steps: {steps:?}");
+    }
+    eprintln!(
+        "killed after each of {} steps of a join: {steps:?}",
+        steps.len()
+    );
+    for needed in ["add learner", "restart etcd.service", "promote"] {
+        assert!(
+            steps.iter().any(|s| s == needed),
+            "the join never reached `{needed}`: {steps:?}"
+        );
+    }
+}

@@ -380,6 +380,12 @@ impl<'a> EtcdTier<'a> {
         } else {
             UnitOp::Start
         };
+        // A start decided on is not refused for earlier failures (`Restart=on-failure` of a
+        // member that could not join counts against systemd's start rate limit).
+        // A unit systemd has not loaded yet has nothing to reset (NoSuchUnit).
+        if let Err(e) = host.unit_op(&self.spec.unit, UnitOp::ResetFailed).await {
+            log::debug!("reset-failed {}: {e}", self.spec.unit);
+        }
         host.unit_op(&self.spec.unit, op).await?;
         on_step(&format!("{op} {}", self.spec.unit));
         host.unit_op(&self.spec.unit, UnitOp::Disable).await?;

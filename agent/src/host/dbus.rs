@@ -141,6 +141,11 @@ impl Host for DbusHost {
             UnitOp::Start => self.systemd.start(unit).await.map_err(HostError::from),
             UnitOp::Stop => self.systemd.stop(unit).await.map_err(HostError::from),
             UnitOp::Restart => self.systemd.restart(unit).await.map_err(HostError::from),
+            UnitOp::ResetFailed => self
+                .systemd
+                .reset_failed(unit)
+                .await
+                .map_err(HostError::from),
         }
     }
 

@@ -24,6 +24,9 @@ pub enum UnitOp {
     Start,
     Stop,
     Restart,
+    /// `systemctl reset-failed`: clears a failed state and the start rate limit.
+    #[serde(rename = "reset-failed")]
+    ResetFailed,
 }
 
 impl fmt::Display for UnitOp {
@@ -34,6 +37,7 @@ impl fmt::Display for UnitOp {
             UnitOp::Start => "start",
             UnitOp::Stop => "stop",
             UnitOp::Restart => "restart",
+            UnitOp::ResetFailed => "reset-failed",
         })
     }
 }

@@ -49,6 +49,7 @@ trait Manager {
         runtime: bool,
     ) -> zbus::Result<Vec<(String, String, String)>>;
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 
     #[zbus(signal)]
@@ -351,6 +352,17 @@ impl Systemd {
             "Get ActiveState",
             Some(unit.to_string()),
             proxy.active_state(),
+        )
+        .await
+    }
+
+    /// `systemctl reset-failed UNIT`: forgets a failed result and the start rate limit's count,
+    /// so that a start the agent decided on is not refused with `start-limit-hit`.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        bounded(
+            "ResetFailedUnit",
+            Some(unit.to_string()),
+            self.manager.reset_failed_unit(unit),
         )
         .await
     }

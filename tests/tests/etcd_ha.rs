@@ -436,3 +436,62 @@ fn a_join_killed_after_any_step_converges_on_the_next_run_with_no_orphan_member(
         );
     }
 }
+
+#[test]
+fn the_readme_restore_brings_a_cluster_back_from_the_agents_snapshot() {
+    if !have_root("the_readme_restore_brings_a_cluster_back_from_the_agents_snapshot") {
+        return;
+    }
+    let mut ha = formed("restore", 3);
+    ha.put(0, "/berth-test/k", "restored");
+    // The next snapshot is due (the interval is an hour): the agent takes it at its next run.
+    let snaps = ha.masters[0].ct.path("/var/lib/berth/etcd-snapshots");
+    std::fs::remove_dir_all(&snaps).unwrap();
+    converge_ok(&ha, &[0]);
+    assert!(ha
+        .status(0)
+        .contains("last snapshot: /var/lib/berth/etcd-snapshots/snapshot-"));
+    for i in [1, 2] {
+        let Ha {
+            masters, region, ..
+        } = &mut ha;
+        masters[i].terminate(region);
+    }
+    let out = ha.converge(0);
+    assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
+
+    // README, "Restoring etcd", on the survivor.
+    let m = &ha.masters[0];
+    let script = format!(
+        "set -e
+systemctl stop etcd
+snap=$(ls /var/lib/berth/etcd-snapshots/snapshot-*.db | tail -n 1)
+mv /var/lib/etcd/default.etcd /var/lib/etcd/default.etcd.lost-$(date +%s)
+ETCDCTL_API=3 etcdctl snapshot restore \"$snap\" --name {id} \
+    --data-dir /var/lib/etcd/default.etcd \
+    --initial-cluster {id}=https://{ip}:2380 \
+    --initial-advertise-peer-urls https://{ip}:2380 \
+    --initial-cluster-token berth-ha-restored
+chown -R etcd:etcd /var/lib/etcd/default.etcd
+",
+        id = m.instance_id,
+        ip = m.ip
+    );
+    let out = m.ct.exec(&["sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    converge_ok(&ha, &[0]);
+    assert_eq!(ha.voters(&[0]), ha.ids(&[0]));
+    // Two new masters join the restored cluster; the key written before the loss is there.
+    let new = ha.launch(2);
+    converge_ok(&ha, &[0, new[0], new[1]]);
+    let all = [0, new[0], new[1]];
+    assert_eq!(ha.voters(&all), ha.ids(&all));
+    assert!(ha.wait_healthy(&all, HEALTHY));
+    for i in all {
+        assert_eq!(ha.get(i, "/berth-test/k").as_deref(), Some("restored"));
+    }
+}

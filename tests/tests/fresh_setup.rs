@@ -43,7 +43,7 @@ dpkg-query -W -f='qemu-utils ${Version}\n' qemu-utils
 const CHECKS: &[(&str, &str)] = &[
     ("agent.sh", "strace -V && unshare --version && command -v getent"),
     ("dbus.sh", "dbus-daemon --version"),
-    ("etcd.sh", "etcd --version && ip -V && curl --version"),
+    ("etcd.sh", "etcd --version && ETCDCTL_API=3 etcdctl version && ip -V && curl --version"),
     (
         "image.sh",
         "ostree --version && pkg-config --atleast-version=2022.7 ostree-1 && setfattr --version \

@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod host;
 pub(crate) mod hosts;
 pub(crate) mod lifecycle;
+pub mod lock;
 pub mod logging;
 pub mod notify;
 pub mod plan;

@@ -495,6 +495,15 @@ impl Agent {
     /// One convergence of the node.
     pub async fn converge<H: Host>(&mut self, host: &mut H) -> Result<Outcome, RunError> {
         self.steps.done = 0;
+        let _lock = crate::lock::RunLock::acquire(&self.opts.root)
+            .await
+            .map_err(|e| {
+                RunError::File(FileError {
+                    action: "locking",
+                    path: host_path(&self.opts.root, crate::lock::LOCK_FILE),
+                    source: e,
+                })
+            })?;
         let (sources, config, profile, role) = self.inputs().await?;
         let root = self.opts.root.clone();
         let mut state = State::load(&root, &sources.identity.instance_id)?;

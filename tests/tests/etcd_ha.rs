@@ -41,8 +41,18 @@ fn three_masters_launched_at_once_form_one_cluster() {
     if !have_root("three_masters_launched_at_once_form_one_cluster") {
         return;
     }
-    let mut ha = formed("form3", 3);
+    let mut ha = Ha::new("form3");
+    ha.launch(3);
     let all = [0, 1, 2];
+    // A second agent on m3 at the same time as the first: both converge on one member.
+    let outs = ha.converge_all(&[0, 1, 2, 2]);
+    let mut said = String::new();
+    for (i, out) in [0, 1, 2, 2].iter().zip(&outs) {
+        assert!(out.status.success(), "master m{}: {}", i + 1, describe(out));
+        said.push_str(&String::from_utf8_lossy(&out.stderr));
+        said.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(ha.wait_healthy(&all, HEALTHY), "the cluster is not healthy");
     // One cluster: every member reports the same cluster id and lists the same three voters.
     let mut ids = std::collections::BTreeSet::new();
     for i in all {
@@ -60,10 +70,55 @@ fn three_masters_launched_at_once_form_one_cluster() {
         assert!(out.status.success(), "{}", describe(&out));
     }
     assert_eq!(ha.voters(&all), ha.ids(&all));
-    // Status shows the tier; no key material anywhere in it.
+    // Status and plan show the tier.
     let status = ha.status(0);
     assert!(status.contains("etcd: healthy"), "{status}");
-    assert!(!status.contains("PRIVATE KEY"), "{status}");
+    let plan = ha.masters[0]
+        .agent(&["plan", "--format", "json"])
+        .args(["--ssm-endpoint", &ha.region.ec2_url()])
+        .output()
+        .unwrap();
+    assert!(plan.status.success(), "{}", describe(&plan));
+    let report: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(report["etcd"]["next_step"]["step"], "healthy", "{report}");
+    assert_eq!(
+        report["etcd"]["record"]["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // No key material in any output, the state or status: not the CA's key, not a member's.
+    let (ca_json, _) = ha
+        .region
+        .sim()
+        .parameter(berth_e2e::ha::CA_PARAMETER)
+        .unwrap();
+    let ca = berth_agent::etcd::pki::ClusterCa::parse(&ca_json).unwrap();
+    let key_body: Vec<&str> = ca.key.lines().filter(|l| !l.starts_with("-----")).collect();
+    said.push_str(&status);
+    said.push_str(&String::from_utf8_lossy(&plan.stdout));
+    said.push_str(&String::from_utf8_lossy(&plan.stderr));
+    for m in &ha.masters {
+        let state_dir = m.ct.path("/var/lib/berth");
+        for e in std::fs::read_dir(&state_dir).unwrap().flatten() {
+            for f in [e.path().join("state.json"), e.path()] {
+                if f.is_file() {
+                    said.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+                }
+            }
+        }
+    }
+    assert!(
+        !said.contains("PRIVATE KEY"),
+        "a key reached an output or the state"
+    );
+    for line in key_body {
+        assert!(
+            !said.contains(line),
+            "the CA key reached an output or the state"
+        );
+    }
     // Key files are 0600, the etcd keys owned by etcd.
     for f in ["server.key", "peer.key", "client.key"] {
         use std::os::unix::fs::MetadataExt;

@@ -799,6 +799,9 @@ fn retryable(e: &EtcdError) -> bool {
             // A change sent through a member that has not applied the last one yet (a removed
             // leader, an add right after a removal).
             "member not found",
+            // Another run of this master's agent added it first: the next look finds it.
+            "Peer URLs already exists",
+            "member ID already exist",
             "server stopped",
             "raft: stopped",
         ]

@@ -4,37 +4,49 @@
 //! Each figure is taken on the LAN of the end-to-end suite (`berth_e2e::ha`): masters are
 //! systemd-nspawn containers in network namespaces of their own, berth-sim is EC2, IMDS and
 //! Parameter Store, and the cluster is judged from outside with `etcdctl` (`endpoint health` of
-//! every live master, and `member list` showing exactly the live masters as started voters).
-//! For N = 3 and N = 5, each repetition on a fresh LAN:
+//! every live master, and `member list` showing exactly the live masters as started voters),
+//! with a look started every 100 ms while the agents run. For N = 3 and N = 5, each repetition on a fresh LAN:
 //!
 //! - boot: N containers launched at once, until systemd in each is running;
 //! - formation: every master's agent (`run --once`) started at once, until the cluster is
-//!   healthy with N voters;
+//!   first seen healthy with N voters, and until every agent returned;
 //! - replacement on a new address: a follower terminated and its replacement launched right
-//!   away on another address (its container boot timed apart), then every live master's agent
-//!   at once, as their daemons would run, until the cluster is healthy with N voters again, the
-//!   dead member removed;
+//!   away on another address (the termination and the container boot timed apart), then every
+//!   live master's agent at once, as their daemons would run, until the cluster is healthy with
+//!   N voters again (the dead member removed), and until every agent returned;
 //! - replacement on the same address: the same with the terminated follower's address;
 //! - the resident memory (VmRSS) of each master's etcd once formed.
 //!
-//! An agent round that exits non-zero is run again (a daemon would on its next pass); the
-//! number of rounds is printed. The agent is the debug build the suite runs.
+//! An agent round in which an agent exits non-zero is run again (a daemon would on its next
+//! pass); rounds beyond the first are printed. The agent is the debug build the suite runs.
+//! `--logs DIR` keeps each agent's log (`BERTH_LOG=debug`) of each round.
 //!
 //! Run as root: `cargo build -p berth-e2e --bin berth-ha-bench && target/debug/berth-ha-bench
 //! --reps 3`. Every container, namespace and process is stopped on the way out.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
+use berth_agent::etcd::pki::{leaves, ClusterCa};
 use berth_e2e::agent::workspace;
-use berth_e2e::ha::{describe, master_spec, Ha};
+use berth_e2e::ha::{describe, master_spec, Ha, CA_PARAMETER};
 use berth_e2e::lan::in_netns;
 
 /// How long a cluster may take to become healthy after its agents returned before the
 /// repetition is reported as not healed: far above any figure seen, so that only a broken
 /// cluster reaches it.
 const HEAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often the cluster is looked at from outside while the agents run: each look is two
+/// etcdctl processes, so more often would take CPU from the masters on a small machine.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Looks at the cluster in flight at once at most, each two etcdctl processes: a failing look
+/// takes etcdctl's timeout (1 s), so this many keep a look starting every [`POLL`].
+const LOOKS_IN_FLIGHT: usize = 16;
 
 /// Agent rounds before a repetition is given up: a daemon would go on, a benchmark stops.
 const MAX_ROUNDS: usize = 5;
@@ -148,45 +160,176 @@ fn logs() -> Option<&'static Path> {
     LOGS.get().map(PathBuf::as_path)
 }
 
-static LOGS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+static LOGS: OnceLock<PathBuf> = OnceLock::new();
 
-/// Whether every endpoint of `which` is healthy and the member list, through them, is exactly
-/// `ids` as started voters.
-fn formed(ha: &mut Ha, which: &[usize], ids: &[String]) -> bool {
-    if !ha.healthy(which) {
-        return false;
-    }
-    let eps = ha.endpoints(which);
-    let out = ha.etcdctl(&eps, &["member", "list", "-w", "json"]);
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return false;
-    };
-    let Some(members) = v["members"].as_array() else {
-        return false;
-    };
-    let mut names = Vec::new();
-    for m in members {
-        let name = m["name"].as_str().unwrap_or("");
-        if name.is_empty() || m["isLearner"].as_bool() == Some(true) {
-            return false;
-        }
-        names.push(name.to_string());
-    }
-    names.sort();
-    names == ids
+/// etcdctl with a client certificate of the bench's own, issued from the cluster CA once the
+/// masters stored it in Parameter Store, as `Ha::etcdctl` does; it needs only `&Ha`, so it can
+/// judge the cluster while the agents run.
+struct Judge {
+    _dir: tempfile::TempDir,
+    tls: [String; 3],
 }
 
-/// Polls [`formed`] until it holds; the time it took, or `None` after [`HEAL_TIMEOUT`].
-fn wait_formed(ha: &mut Ha, which: &[usize]) -> Option<Duration> {
-    let ids = ha.ids(which);
-    let start = Instant::now();
-    while start.elapsed() < HEAL_TIMEOUT {
-        if formed(ha, which, &ids) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+impl Judge {
+    /// `None` while the CA is not stored yet.
+    fn new(ha: &Ha) -> Option<Judge> {
+        let (json, _) = ha.region.sim().parameter(CA_PARAMETER)?;
+        let ca = ClusterCa::parse(&json).expect("the stored CA parses");
+        let leaf = &leaves("i-00000000", std::net::Ipv4Addr::LOCALHOST)[2];
+        let (cert, key) = ca.issue(leaf).expect("a client certificate");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write a TLS file");
+            p.display().to_string()
+        };
+        let tls = [
+            format!("--cacert={}", path("ca.crt", &ca.cert)),
+            format!("--cert={}", path("etcdctl.crt", &cert)),
+            format!("--key={}", path("etcdctl.key", &key)),
+        ];
+        Some(Judge { _dir: dir, tls })
     }
-    None
+
+    /// `etcdctl ARGS` from the bridge namespace against the masters `which`; its stdout.
+    fn etcdctl(&self, ha: &Ha, which: &[usize], args: &[&str]) -> Vec<u8> {
+        let endpoints = format!("--endpoints={}", ha.endpoints(which).join(","));
+        let mut argv = vec![
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            &endpoints,
+            // On the LAN a member answers within milliseconds; short timeouts keep a look at a
+            // cluster that is not formed yet short, and so the figures' resolution fine.
+            "--command-timeout=1s",
+            "--dial-timeout=500ms",
+        ];
+        argv.extend(self.tls.iter().map(String::as_str));
+        argv.extend(args);
+        ha.lan.exec(&argv).stdout
+    }
+
+    /// Whether every endpoint of `which` is healthy and the member list, through them, is
+    /// exactly `which`'s instances as started voters.
+    fn formed(&self, ha: &Ha, which: &[usize]) -> bool {
+        let out = self.etcdctl(ha, which, &["endpoint", "health", "-w", "json"]);
+        let Ok(health) = serde_json::from_slice::<Vec<serde_json::Value>>(&out) else {
+            return false;
+        };
+        if health.len() != which.len() || health.iter().any(|e| e["health"] != true) {
+            return false;
+        }
+        let out = self.etcdctl(ha, which, &["member", "list", "-w", "json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out) else {
+            return false;
+        };
+        let Some(members) = v["members"].as_array() else {
+            return false;
+        };
+        let mut names = Vec::new();
+        for m in members {
+            let name = m["name"].as_str().unwrap_or("");
+            if name.is_empty() || m["isLearner"].as_bool() == Some(true) {
+                return false;
+            }
+            names.push(name.to_string());
+        }
+        names.sort();
+        names == ha.ids(which)
+    }
+}
+
+/// The judge of `ha`'s cluster, made once the masters stored the CA.
+fn judge<'a>(ha: &Ha, judge: &'a OnceLock<Judge>) -> Option<&'a Judge> {
+    if judge.get().is_none() {
+        if let Some(j) = Judge::new(ha) {
+            let _ = judge.set(j);
+        }
+    }
+    judge.get()
+}
+
+/// What one phase took, from the moment every agent of it was started.
+struct Phase {
+    /// Until the last agent of the last round returned.
+    agents: Duration,
+    /// Until the cluster was first seen formed: the start of the earliest look that found it
+    /// formed, so within [`POLL`] of the moment it was.
+    healed: Duration,
+    rounds: usize,
+}
+
+/// Every agent of `which` at once ([`converge_rounds`]) while the cluster is looked at from
+/// outside every [`POLL`], looks overlapping (a look at a cluster not formed yet waits for
+/// etcdctl's timeout), until the agents returned and a look found it formed, or up to
+/// [`HEAL_TIMEOUT`] after the agents. The cluster must then still be formed; when a later look
+/// finds it is not, the first look after that which finds it formed counts.
+fn run_phase(ha: &Ha, which: &[usize], agent: &Path, phase: &str) -> Result<Phase, String> {
+    let cell = OnceLock::new();
+    let start = Instant::now();
+    let earliest = |a: Option<Duration>, b: Duration| Some(a.map_or(b, |a| a.min(b)));
+    let (rounds, agents, mut healed) = std::thread::scope(|s| {
+        let agents = s.spawn(|| {
+            let rounds = converge_rounds(ha, which, agent, phase);
+            (rounds, start.elapsed())
+        });
+        let mut healed = None;
+        let mut looks = Vec::new();
+        let mut agents_done = None;
+        loop {
+            if agents_done.is_none() && agents.is_finished() {
+                agents_done = Some(start.elapsed());
+            }
+            let (finished, pending): (Vec<_>, Vec<_>) = looks
+                .into_iter()
+                .partition(|h: &ScopedJoinHandle<_>| h.is_finished());
+            looks = pending;
+            for h in finished {
+                if let (at, true) = h.join().expect("a look") {
+                    healed = earliest(healed, at);
+                }
+            }
+            // Until the agents returned and the cluster was seen formed, or it is overdue.
+            if let Some(done) = agents_done {
+                if healed.is_some() || start.elapsed() > done + HEAL_TIMEOUT {
+                    break;
+                }
+            }
+            if healed.is_none() && looks.len() < LOOKS_IN_FLIGHT {
+                if let Some(j) = judge(ha, &cell) {
+                    let at = start.elapsed();
+                    looks.push(s.spawn(move || (at, j.formed(ha, which))));
+                }
+            }
+            std::thread::sleep(POLL);
+        }
+        for h in looks {
+            if let (at, true) = h.join().expect("a look") {
+                healed = earliest(healed, at);
+            }
+        }
+        let (rounds, took) = agents.join().expect("the agents' thread");
+        (rounds, took, healed)
+    });
+    let rounds = rounds.ok_or_else(|| format!("agents failed {MAX_ROUNDS} rounds"))?;
+    // Formed now, not only at some moment during the run.
+    loop {
+        let look = start.elapsed();
+        if judge(ha, &cell).is_some_and(|j| j.formed(ha, which)) {
+            healed.get_or_insert(look);
+            break;
+        }
+        if look > agents + HEAL_TIMEOUT {
+            return Err(format!("not healthy {HEAL_TIMEOUT:?} after the agents"));
+        }
+        healed = None;
+        std::thread::sleep(POLL);
+    }
+    Ok(Phase {
+        agents,
+        healed: healed.expect("set when formed"),
+        rounds,
+    })
 }
 
 /// The member id of the leader, as `endpoint status` of the live masters reports it.
@@ -242,7 +385,7 @@ fn etcd_rss_kib(ha: &Ha, i: usize) -> Option<u64> {
 struct Figures {
     boot: Vec<Duration>,
     form_agents: Vec<Duration>,
-    form_total: Vec<Duration>,
+    form_heal: Vec<Duration>,
     form_rounds: Vec<usize>,
     new_boot: Vec<Duration>,
     new_agents: Vec<Duration>,
@@ -262,8 +405,8 @@ struct Figures {
 
 /// Replace follower `victim` by a new master at `host` (the victim's own address or a new
 /// one), launched right away; then every live master's agent at once until the cluster is
-/// healthy with N voters. Returns the new live set and (boot, agents, agents + until healthy,
-/// rounds), or why it did not heal.
+/// healthy with N voters. Returns the new live set, the time from the termination until the
+/// replacement booted, and the agents' phase; or why it did not heal.
 fn replace(
     ha: &mut Ha,
     live: &[usize],
@@ -271,7 +414,7 @@ fn replace(
     host: u8,
     agent: &Path,
     phase: &str,
-) -> Result<(Vec<usize>, Duration, Duration, Duration, usize), String> {
+) -> Result<(Vec<usize>, Duration, Phase), String> {
     let name = format!("m{}", ha.masters.len() + 1);
     let spec = master_spec(&ha.lan, &name, host);
     let t = Instant::now();
@@ -292,12 +435,8 @@ fn replace(
         .filter(|i| *i != victim)
         .chain([ha.masters.len() - 1])
         .collect();
-    let t = Instant::now();
-    let rounds = converge_rounds(ha, &live, agent, phase)
-        .ok_or_else(|| format!("agents failed {MAX_ROUNDS} rounds"))?;
-    let agents = t.elapsed();
-    wait_formed(ha, &live).ok_or_else(|| format!("not healthy {HEAL_TIMEOUT:?} after"))?;
-    Ok((live, boot, agents, t.elapsed(), rounds))
+    let phase = run_phase(ha, &live, agent, phase)?;
+    Ok((live, boot, phase))
 }
 
 /// Gives the LAN's bridge a fixed MAC address before any node is added.
@@ -336,18 +475,17 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
             .map(str::to_string);
     }
 
-    let t = Instant::now();
-    let Some(rounds) = converge_rounds(&ha, &all, agent, "formation") else {
-        f.failures.push(format!("N={n}: formation: agents failed"));
-        return;
-    };
-    f.form_agents.push(t.elapsed());
-    if wait_formed(&mut ha, &all).is_none() {
-        f.failures.push(format!("N={n}: formation: not healthy"));
-        return;
+    match run_phase(&ha, &all, agent, "formation") {
+        Ok(p) => {
+            f.form_agents.push(p.agents);
+            f.form_heal.push(p.healed);
+            f.form_rounds.push(p.rounds);
+        }
+        Err(e) => {
+            f.failures.push(format!("N={n}: formation: {e}"));
+            return;
+        }
     }
-    f.form_total.push(t.elapsed());
-    f.form_rounds.push(rounds);
     f.rss_kib
         .extend(all.iter().filter_map(|i| etcd_rss_kib(&ha, *i)));
 
@@ -355,12 +493,12 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
     f.unconfirmed += usize::from(!follower);
     let host = ha.next_host();
     let live = match replace(&mut ha, &all, victim, host, agent, "new-address") {
-        Ok((live, boot, agents, total, rounds)) => {
+        Ok((live, boot, p)) => {
             f.new_boot.push(boot);
-            f.new_agents.push(agents);
-            f.new_heal.push(total);
-            f.new_total.push(boot + total);
-            f.new_rounds.push(rounds);
+            f.new_agents.push(p.agents);
+            f.new_heal.push(p.healed);
+            f.new_total.push(boot + p.healed);
+            f.new_rounds.push(p.rounds);
             live
         }
         Err(e) => {
@@ -374,12 +512,12 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
     f.unconfirmed += usize::from(!follower);
     let host = ha.masters[victim].ip.octets()[3];
     match replace(&mut ha, &live, victim, host, agent, "same-address") {
-        Ok((_, boot, agents, total, rounds)) => {
+        Ok((_, boot, p)) => {
             f.same_boot.push(boot);
-            f.same_agents.push(agents);
-            f.same_heal.push(total);
-            f.same_total.push(boot + total);
-            f.same_rounds.push(rounds);
+            f.same_agents.push(p.agents);
+            f.same_heal.push(p.healed);
+            f.same_total.push(boot + p.healed);
+            f.same_rounds.push(p.rounds);
         }
         Err(e) => f
             .failures
@@ -389,14 +527,14 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
 
 fn row(name: &str, v: &[Duration]) {
     if v.is_empty() {
-        println!("{name:<58} (no figure)");
+        println!("{name:<62} (no figure)");
         return;
     }
     let mut v = v.to_vec();
     v.sort();
     let s = |d: Duration| d.as_secs_f64();
     println!(
-        "{name:<58} n={:<2} min {:>6.2} s  median {:>6.2} s  max {:>6.2} s",
+        "{name:<62} n={:<2} min {:>6.2} s  median {:>6.2} s  max {:>6.2} s",
         v.len(),
         s(v[0]),
         s(v[v.len() / 2]),
@@ -406,7 +544,7 @@ fn row(name: &str, v: &[Duration]) {
 
 fn rounds(name: &str, v: &[usize]) {
     if !v.is_empty() && v.iter().any(|r| *r > 1) {
-        println!("{name:<58} agent rounds per repetition: {v:?}");
+        println!("{name:<62} agent rounds per repetition: {v:?}");
     }
 }
 
@@ -414,25 +552,25 @@ fn print(n: usize, f: &Figures) {
     println!("-- N = {n} masters");
     row(&format!("boot: {n} containers launched at once"), &f.boot);
     row(
-        "formation: agents started at once, until they returned",
-        &f.form_agents,
+        &format!("formation: agents started, until {n} healthy voters"),
+        &f.form_heal,
     );
     row(
-        &format!("formation: agents started, until {n} healthy voters"),
-        &f.form_total,
+        "formation: agents started, until all returned",
+        &f.form_agents,
     );
     rounds("formation", &f.form_rounds);
     row(
-        "new address: follower terminated, replacement booted",
+        "new address: follower terminated, until replacement booted",
         &f.new_boot,
     );
     row(
-        "new address: live agents started, until they returned",
-        &f.new_agents,
+        &format!("new address: agents started, until {n} healthy voters"),
+        &f.new_heal,
     );
     row(
-        &format!("new address: live agents started, until {n} healthy voters"),
-        &f.new_heal,
+        "new address: agents started, until all returned",
+        &f.new_agents,
     );
     row(
         "new address: terminated, until healthy (boot included)",
@@ -440,16 +578,16 @@ fn print(n: usize, f: &Figures) {
     );
     rounds("new address", &f.new_rounds);
     row(
-        "same address: follower terminated, replacement booted",
+        "same address: follower terminated, until replacement booted",
         &f.same_boot,
     );
     row(
-        "same address: live agents started, until they returned",
-        &f.same_agents,
+        &format!("same address: agents started, until {n} healthy voters"),
+        &f.same_heal,
     );
     row(
-        &format!("same address: live agents started, until {n} healthy voters"),
-        &f.same_heal,
+        "same address: agents started, until all returned",
+        &f.same_agents,
     );
     row(
         "same address: terminated, until healthy (boot included)",
@@ -461,7 +599,7 @@ fn print(n: usize, f: &Figures) {
         v.sort();
         let mib = |k: u64| k as f64 / 1024.0;
         println!(
-            "{:<58} n={:<2} min {:>6.1} MiB median {:>6.1} MiB max {:>6.1} MiB",
+            "{:<62} n={:<2} min {:>6.1} MiB median {:>6.1} MiB max {:>6.1} MiB",
             "etcd VmRSS per member, just formed",
             v.len(),
             mib(v[0]),

@@ -585,9 +585,9 @@ impl ImdsClient {
         if let Some(token) = &credentials.session_token {
             redact::hold(token);
         }
+        // No part of the credentials is logged, the access key id included.
         log::debug!(
-            "role credentials for {role} fetched (access key {}, expiring {:?})",
-            credentials.access_key_id,
+            "role credentials for {role} fetched (expiring {:?})",
             credentials.expiration
         );
         Ok(Some(credentials))

@@ -36,8 +36,14 @@ pub fn bin(name: &str) -> PathBuf {
         }
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/<profile>/deps/<test> → target/<profile>/<name>; a binary of this crate (a bench)
+    // sits in target/<profile>/ itself.
+    let parent = exe.parent().expect("target dir");
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().expect("target dir")
+    } else {
+        parent
+    };
     let p = dir.join(name);
     assert!(p.exists(), "{} missing", p.display());
     p

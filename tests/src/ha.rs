@@ -123,6 +123,29 @@ impl Ha {
         (first..self.masters.len()).collect()
     }
 
+    /// Master `i`'s instance terminated: its container killed, EC2 says `terminated`.
+    pub fn terminate(&mut self, i: usize) {
+        let Ha {
+            masters, region, ..
+        } = self;
+        masters[i].terminate(region);
+    }
+
+    /// Master `i` terminated and replaced by a new instance `name` at LAN address `host` (its
+    /// own or a new one), booted; the replacement's index.
+    pub fn replace(&mut self, i: usize, name: &str, host: u8) -> usize {
+        let spec = master_spec(&self.lan, name, host);
+        let Ha {
+            masters,
+            lan,
+            region,
+            ..
+        } = self;
+        let new = masters[i].replace(lan, region, spec, |_| {});
+        self.masters.push(new);
+        self.masters.len() - 1
+    }
+
     /// `berth-agent run --once` on master `i`, with the region as its Parameter Store.
     pub fn converge(&self, i: usize) -> Output {
         self.converge_with(i, &[])

@@ -157,7 +157,14 @@ impl Lan {
         };
         let ns = lan.bridge_ns.as_str();
         ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ip(&["-n", ns, "link", "add", BRIDGE, "type", "bridge"]);
+        // A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, and removing a
+        // terminated node's port can change it while the other nodes' ARP entries still name
+        // the old one (their IMDS and EC2 traffic to the gateway then stalls for tens of
+        // seconds).
+        let mac = format!("02:be:47:00:{:02x}:01", lan.net);
+        ip(&[
+            "-n", ns, "link", "add", BRIDGE, "address", &mac, "type", "bridge",
+        ]);
         let gateway = format!("{}/24", lan.gateway());
         ip(&["-n", ns, "addr", "add", &gateway, "dev", BRIDGE]);
         ip(&["-n", ns, "link", "set", BRIDGE, "up"]);

@@ -160,17 +160,7 @@ fn a_terminated_master_is_replaced_on_its_address_and_on_a_new_one() {
     // m3 terminated; its replacement m4 gets m3's address before any agent healed the cluster:
     // the dead member holding m4's peer URL is removed first, then m4 joins.
     let host = ha.masters[2].ip.octets()[3];
-    let spec = berth_e2e::ha::master_spec(&ha.lan, "m4", host);
-    let m4 = {
-        let Ha {
-            masters,
-            lan,
-            region,
-            ..
-        } = &mut ha;
-        masters[2].replace(lan, region, spec, |_| {})
-    };
-    ha.masters.push(m4);
+    assert_eq!(ha.replace(2, "m4", host), 3);
     let t = Instant::now();
     converge_ok(&ha, &[3]);
     eprintln!(
@@ -184,17 +174,7 @@ fn a_terminated_master_is_replaced_on_its_address_and_on_a_new_one() {
     // m2 terminated; its replacement m5 gets a new address: m5 joins, the leader's agent removes
     // m2 (EC2 says terminated).
     let host = ha.next_host();
-    let spec = berth_e2e::ha::master_spec(&ha.lan, "m5", host);
-    let m5 = {
-        let Ha {
-            masters,
-            lan,
-            region,
-            ..
-        } = &mut ha;
-        masters[1].replace(lan, region, spec, |_| {})
-    };
-    ha.masters.push(m5);
+    assert_eq!(ha.replace(1, "m5", host), 4);
     // m5 waits while m2 is still a member (etcd refuses adds while a voter is unreachable);
     // the leader's agent, running at the same time, removes m2, and m5 joins.
     let t = Instant::now();
@@ -231,10 +211,7 @@ fn three_to_five_to_three_keeps_the_data() {
     // Two of the original three terminated at once: quorum (3 of 5) holds, and the leader's
     // agent removes them one at a time.
     for i in [0, 1] {
-        let Ha {
-            masters, region, ..
-        } = &mut ha;
-        masters[i].terminate(region);
+        ha.terminate(i);
     }
     let left = [2, 3, 4];
     let t = Instant::now();
@@ -355,10 +332,7 @@ fn with_two_of_three_masters_terminated_the_survivor_needs_a_restore_and_never_s
     ha.put(0, "/berth-test/k", "v");
     let (cluster_before, _) = ha.member_list(&[0]);
     for i in [1, 2] {
-        let Ha {
-            masters, region, ..
-        } = &mut ha;
-        masters[i].terminate(region);
+        ha.terminate(i);
     }
     let out = ha.converge(0);
     assert_eq!(out.status.code(), Some(6), "{}", describe(&out));
@@ -507,10 +481,7 @@ fn the_readme_restore_brings_a_cluster_back_from_the_agents_snapshot() {
         .status(0)
         .contains("last snapshot: /var/lib/berth/etcd-snapshots/snapshot-"));
     for i in [1, 2] {
-        let Ha {
-            masters, region, ..
-        } = &mut ha;
-        masters[i].terminate(region);
+        ha.terminate(i);
     }
     let out = ha.converge(0);
     assert_eq!(out.status.code(), Some(6), "{}", describe(&out));

@@ -586,7 +586,12 @@ impl<'a> EtcdTier<'a> {
                         self.start(host, true, on_step).await?;
                         *started = true;
                     }
-                    Err(e) if retryable(&e) => log::info!("etcd: add not now: {e}"),
+                    Err(e) if retryable(&e) => {
+                        // etcd's pacing: an add is refused until every voter has been connected
+                        // for 5 s; asking again at once would only load the leader.
+                        log::info!("etcd: add not now: {e}");
+                        tokio::time::sleep(STEP_PAUSE).await;
+                    }
                     Err(e) => return Err(refused("adding this master as a learner")(e)),
                 }
             }

@@ -25,15 +25,13 @@
 //! --reps 3`. Every container, namespace and process is stopped on the way out.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use berth_agent::etcd::pki::{leaves, ClusterCa};
-use berth_e2e::agent::workspace;
 use berth_e2e::ha::{describe, master_spec, Ha, CA_PARAMETER};
-use berth_e2e::lan::in_netns;
 
 /// How long a cluster may take to become healthy after its agents returned before the
 /// repetition is reported as not healed: far above any figure seen, so that only a broken
@@ -51,55 +49,9 @@ const LOOKS_IN_FLIGHT: usize = 16;
 /// Agent rounds before a repetition is given up: a daemon would go on, a benchmark stops.
 const MAX_ROUNDS: usize = 5;
 
-/// The debug `berth-agent`, built first, from the directory this binary was built into.
-fn debug_agent() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "berth-agent",
-            "--bin",
-            "berth-agent",
-        ])
-        .current_dir(workspace())
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building berth-agent failed");
-    let exe = std::env::current_exe().expect("this binary's path");
-    let agent = exe.with_file_name("berth-agent");
-    assert!(agent.exists(), "{} missing", agent.display());
-    agent
-}
-
-/// `berth-agent run --once` on master `i` as `Ha::converge` runs it (the same arguments and
-/// log level), with `agent` for the binary.
-fn converge(ha: &Ha, i: usize, agent: &Path) -> Output {
-    let m = &ha.masters[i];
-    let ec2 = ha.region.ec2_url();
-    in_netns(&m.netns, agent)
-        .args(["run", "--once", "--system-bus"])
-        .arg(m.ct.bus_address())
-        .arg("--root")
-        .arg(m.ct.root())
-        .args([
-            "--imds-endpoint",
-            m.imds_url(),
-            "--ec2-endpoint",
-            &ec2,
-            "--ssm-endpoint",
-            &ec2,
-        ])
-        .env("BERTH_LOG", "debug")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run berth-agent")
-}
-
 /// The agents of `which`, all at once, round after round until every one exits 0; the
 /// number of rounds, or `None` after [`MAX_ROUNDS`].
-fn converge_rounds(ha: &Ha, which: &[usize], agent: &Path, phase: &str) -> Option<usize> {
+fn converge_rounds(ha: &Ha, which: &[usize], phase: &str) -> Option<usize> {
     for round in 1..=MAX_ROUNDS {
         let outs: Vec<Output> = std::thread::scope(|s| {
             let handles: Vec<_> = which
@@ -107,7 +59,7 @@ fn converge_rounds(ha: &Ha, which: &[usize], agent: &Path, phase: &str) -> Optio
                 .map(|i| {
                     s.spawn(move || {
                         let t = Instant::now();
-                        let out = converge(ha, *i, agent);
+                        let out = ha.converge(*i);
                         (t.elapsed(), out)
                     })
                 })
@@ -264,13 +216,13 @@ struct Phase {
 /// etcdctl's timeout), until the agents returned and a look found it formed, or up to
 /// [`HEAL_TIMEOUT`] after the agents. The cluster must then still be formed; when a later look
 /// finds it is not, the first look after that which finds it formed counts.
-fn run_phase(ha: &Ha, which: &[usize], agent: &Path, phase: &str) -> Result<Phase, String> {
+fn run_phase(ha: &Ha, which: &[usize], phase: &str) -> Result<Phase, String> {
     let cell = OnceLock::new();
     let start = Instant::now();
     let earliest = |a: Option<Duration>, b: Duration| Some(a.map_or(b, |a| a.min(b)));
     let (rounds, agents, mut healed) = std::thread::scope(|s| {
         let agents = s.spawn(|| {
-            let rounds = converge_rounds(ha, which, agent, phase);
+            let rounds = converge_rounds(ha, which, phase);
             (rounds, start.elapsed())
         });
         let mut healed = None;
@@ -412,7 +364,6 @@ fn replace(
     live: &[usize],
     victim: usize,
     host: u8,
-    agent: &Path,
     phase: &str,
 ) -> Result<(Vec<usize>, Duration, Phase), String> {
     let name = format!("m{}", ha.masters.len() + 1);
@@ -435,35 +386,12 @@ fn replace(
         .filter(|i| *i != victim)
         .chain([ha.masters.len() - 1])
         .collect();
-    let phase = run_phase(ha, &live, agent, phase)?;
+    let phase = run_phase(ha, &live, phase)?;
     Ok((live, boot, phase))
 }
 
-/// Gives the LAN's bridge a fixed MAC address before any node is added.
-///
-/// A Linux bridge without an address of its own takes the lowest MAC of its ports, so deleting
-/// a terminated master's port can change it; every other node then keeps sending to the old MAC
-/// from its ARP cache, and cannot reach the region (IMDS, EC2) until that entry goes stale,
-/// tens of seconds later. That delay belongs to the emulated LAN, not to berth or EC2, where
-/// the gateway's address never changes. An address set explicitly is kept for good
-/// (`ip-link(8)`; the bridge driver stops choosing one once it is set).
-fn pin_bridge_mac(ha: &Ha) {
-    let out = Command::new("ip")
-        .args(["-n", ha.lan.bridge_netns(), "link", "set", "br0", "address"])
-        .arg("02:62:72:74:68:01")
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "setting the bridge's address: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// One repetition for N masters on a fresh LAN, its figures added to `f`.
-fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option<String>) {
+fn repetition(n: usize, f: &mut Figures, etcd_version: &mut Option<String>) {
     let mut ha = Ha::new(&format!("bench{n}"));
-    pin_bridge_mac(&ha);
     let t = Instant::now();
     let all = ha.launch(n);
     f.boot.push(t.elapsed());
@@ -475,7 +403,7 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
             .map(str::to_string);
     }
 
-    match run_phase(&ha, &all, agent, "formation") {
+    match run_phase(&ha, &all, "formation") {
         Ok(p) => {
             f.form_agents.push(p.agents);
             f.form_heal.push(p.healed);
@@ -492,7 +420,7 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
     let (victim, follower) = a_follower(&mut ha, &all);
     f.unconfirmed += usize::from(!follower);
     let host = ha.next_host();
-    let live = match replace(&mut ha, &all, victim, host, agent, "new-address") {
+    let live = match replace(&mut ha, &all, victim, host, "new-address") {
         Ok((live, boot, p)) => {
             f.new_boot.push(boot);
             f.new_agents.push(p.agents);
@@ -511,7 +439,7 @@ fn repetition(n: usize, agent: &Path, f: &mut Figures, etcd_version: &mut Option
     let (victim, follower) = a_follower(&mut ha, &live);
     f.unconfirmed += usize::from(!follower);
     let host = ha.masters[victim].ip.octets()[3];
-    match replace(&mut ha, &live, victim, host, agent, "same-address") {
+    match replace(&mut ha, &live, victim, host, "same-address") {
         Ok((_, boot, p)) => {
             f.same_boot.push(boot);
             f.same_agents.push(p.agents);
@@ -660,7 +588,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let agent = debug_agent();
+    let agent = berth_e2e::agent::bin("berth-agent");
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
@@ -681,7 +609,7 @@ fn main() {
         let mut f = Figures::default();
         for rep in 1..=reps {
             eprintln!("N={n}, repetition {rep}/{reps}");
-            repetition(n, &agent, &mut f, &mut etcd_version);
+            repetition(n, &mut f, &mut etcd_version);
         }
         all.push((n, f));
     }

@@ -50,6 +50,10 @@ const CHECKS: &[(&str, &str)] = &[
          && gpg --version && gpg-agent --version && command -v chattr",
     ),
     (
+        "kubernetes.sh",
+        "go version && jq --version && rsync --version && command -v dpkg-source",
+    ),
+    (
         "moto.sh",
         "/var/cache/berth/moto-venv/bin/python -c 'import moto, boto3, flask' \
          && test -x /var/cache/berth/moto-venv/bin/moto_server",

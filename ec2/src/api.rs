@@ -23,7 +23,7 @@
 //! an error document is read up to [`crate::transport::ERROR_BODY_MAX_BYTES`].
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -34,6 +34,7 @@ use crate::model::{Credentials, Filter, Instance, TagDescription};
 use crate::redact::{self, RemoteText};
 use crate::retry::{self, Attempt, GaveUp, Operation, RetryPolicy, Stop, Verdict};
 use crate::sign::{self, SignError};
+use crate::skew::ClockSkew;
 use crate::transport::{classify, Class, Failure, Transport, TransportConfig};
 use crate::xml::{self, InstanceBounds, XmlError};
 
@@ -55,9 +56,7 @@ pub const MAX_PAGES: u32 = 200;
 /// instance, with its network interface and tags); 8 MiB keeps headroom while bounding what a
 /// broken server makes the agent buffer.
 pub const DESCRIBE_RESPONSE_MAX_BYTES: usize = 8 << 20;
-/// When EC2 refuses a request's time and its `Date` is further than this from ours, the node's
-/// clock is wrong rather than the request late. The AWS SDKs use 4 minutes.
-pub const SKEW_THRESHOLD: Duration = Duration::from_secs(4 * 60);
+pub use crate::skew::SKEW_THRESHOLD;
 /// Codes EC2 answers to a request whose signature time is too far from its clock.
 const SKEW_CODES: &[&str] = &[
     "RequestExpired",
@@ -307,9 +306,8 @@ pub struct Ec2Client {
     policy: RetryPolicy,
     transport: Transport,
     attempts: AtomicU64,
-    /// EC2's clock minus ours, in milliseconds, as last measured from a `Date` header when EC2
-    /// refused a request's time (0 until then). Added to the signing time.
-    skew_ms: AtomicI64,
+    /// EC2's clock minus ours, as measured when EC2 refused a request's time.
+    skew: ClockSkew,
 }
 
 impl Ec2Client {
@@ -322,7 +320,7 @@ impl Ec2Client {
             policy,
             transport: Transport::new(TransportConfig::ec2()),
             attempts: AtomicU64::new(0),
-            skew_ms: AtomicI64::new(0),
+            skew: ClockSkew::default(),
         }
     }
 
@@ -348,18 +346,7 @@ impl Ec2Client {
     /// EC2's clock minus this host's, in signed milliseconds, as measured when EC2 refused a
     /// request's time; zero until then. Positive: the host's clock is behind.
     pub fn clock_skew_ms(&self) -> i64 {
-        self.skew_ms.load(Ordering::Relaxed)
-    }
-
-    fn signing_time(&self) -> SystemTime {
-        let skew = self.skew_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now();
-        let offset = Duration::from_millis(skew.unsigned_abs());
-        if skew >= 0 {
-            now + offset
-        } else {
-            now - offset
-        }
+        self.skew.millis()
     }
 
     /// Every instance matching `filters`, all pages followed.
@@ -576,7 +563,7 @@ impl Ec2Client {
             creds,
             &self.region,
             "ec2",
-            self.signing_time(),
+            self.skew.signing_time(),
         )
         .map_err(|source| {
             Verdict::Fail(Ec2Error::Sign {
@@ -639,7 +626,9 @@ impl Ec2Client {
         match xml::parse_error(&text) {
             Ok(aws) => {
                 let skew_corrected = SKEW_CODES.contains(&aws.code.as_str())
-                    && self.correct_skew(reply.date, sent_at, started.elapsed());
+                    && self
+                        .skew
+                        .correct("EC2", reply.date, sent_at, started.elapsed());
                 let retry = skew_corrected
                     || transient_status
                     || RETRYABLE_CODES.contains(&aws.code.as_str());
@@ -669,37 +658,6 @@ impl Ec2Client {
                 }
             }
         }
-    }
-
-    /// After EC2 refused a request's time: measures EC2's clock from its `Date` header (an
-    /// HTTP date has whole seconds) against the middle of the round trip, and adopts the
-    /// offset when it is past [`SKEW_THRESHOLD`] and differs from the one in use. True when
-    /// the offset changed, so that signing again can succeed.
-    fn correct_skew(&self, date: Option<SystemTime>, sent_at: SystemTime, rtt: Duration) -> bool {
-        let Some(date) = date else {
-            return false;
-        };
-        let ours = sent_at + rtt / 2;
-        let measured: i64 = match date.duration_since(ours) {
-            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
-            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
-        };
-        if measured.unsigned_abs() < SKEW_THRESHOLD.as_millis() as u64 {
-            return false;
-        }
-        let current = self.skew_ms.load(Ordering::Relaxed);
-        if (measured - current).unsigned_abs() < SKEW_THRESHOLD.as_millis() as u64 {
-            return false;
-        }
-        self.skew_ms.store(measured, Ordering::Relaxed);
-        let secs = measured.unsigned_abs() / 1000;
-        let direction = if measured > 0 { "behind" } else { "ahead of" };
-        log::warn!(
-            "this host's clock is {secs} s {direction} EC2's (from EC2's Date header): signing \
-             with EC2's time from now on; fix the host's time synchronization (chrony, \
-             systemd-timesyncd)"
-        );
-        true
     }
 }
 

@@ -11,6 +11,7 @@ pub mod model;
 pub mod redact;
 pub mod retry;
 pub mod sign;
+pub mod skew;
 pub mod ssm;
 pub mod transport;
 pub mod xml;

@@ -10,7 +10,7 @@
 //! Like [`crate::api::Ec2Client`]: each attempt is signed afresh; 5xx, throttling
 //! (`ThrottlingException`), timeouts and network failures are retried under the client's
 //! [`RetryPolicy`], other 4xx are not; when SSM refuses a request's time and its `Date` header
-//! shows the host's clock is off by more than [`SKEW_THRESHOLD`], the client signs with SSM's
+//! shows the host's clock is off by more than [`SKEW_THRESHOLD`](crate::skew::SKEW_THRESHOLD), the client signs with SSM's
 //! time and tries again; no redirect is followed; responses are read up to
 //! [`RESPONSE_MAX_BYTES`]. Expired credentials ([`SsmError::is_expired_credentials`]) are the
 //! caller's to refresh.
@@ -23,18 +23,18 @@
 //! managed KMS keys, or parameter policies; berth needs none of them.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::api::SKEW_THRESHOLD;
 use crate::model::Credentials;
 use crate::redact::{self, RemoteText};
 use crate::retry::{self, Attempt, GaveUp, Operation, RetryPolicy, Stop, Verdict};
 use crate::sign::{self, SignError};
+use crate::skew::ClockSkew;
 use crate::transport::{classify, Class, Failure, Transport, TransportConfig};
 
 /// The longest parameter name SSM accepts: 1011 characters ("Parameter Store quotas" and the
@@ -540,8 +540,8 @@ pub struct SsmClient {
     transport: Transport,
     attempts: AtomicU64,
     /// SSM's clock minus ours, in milliseconds, as last measured from a `Date` header when SSM
-    /// refused a request's time (0 until then).
-    skew_ms: AtomicI64,
+    /// SSM's clock minus ours, as measured when SSM refused a request's time.
+    skew: ClockSkew,
 }
 
 impl SsmClient {
@@ -557,7 +557,7 @@ impl SsmClient {
                 ..TransportConfig::ec2()
             }),
             attempts: AtomicU64::new(0),
-            skew_ms: AtomicI64::new(0),
+            skew: ClockSkew::default(),
         }
     }
 
@@ -597,7 +597,7 @@ impl SsmClient {
     /// SSM's clock minus this host's, in signed milliseconds, as measured when SSM refused a
     /// request's time; zero until then.
     pub fn clock_skew_ms(&self) -> i64 {
-        self.skew_ms.load(Ordering::Relaxed)
+        self.skew.millis()
     }
 
     /// The parameter `name`; `None` when it does not exist (`ParameterNotFound`).
@@ -798,7 +798,7 @@ impl SsmClient {
             creds,
             &self.region,
             "ssm",
-            self.signing_time(),
+            self.skew.signing_time(),
         )
         .map_err(|source| {
             Verdict::Fail(SsmError::Sign {
@@ -883,7 +883,9 @@ impl SsmClient {
         let request_id =
             request_id.or_else(|| reply.header("x-amzn-requestid").map(RemoteText::new));
         let skew_corrected = SKEW_CODES.contains(&code.as_str())
-            && self.correct_skew(reply.date, sent_at, started.elapsed());
+            && self
+                .skew
+                .correct("SSM", reply.date, sent_at, started.elapsed());
         let retry = skew_corrected || transient_status || RETRYABLE_CODES.contains(&code.as_str());
         let error = SsmError::Api {
             action,
@@ -898,47 +900,6 @@ impl SsmClient {
         } else {
             Verdict::Fail(error)
         })
-    }
-
-    fn signing_time(&self) -> SystemTime {
-        let skew = self.skew_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now();
-        let offset = Duration::from_millis(skew.unsigned_abs());
-        if skew >= 0 {
-            now + offset
-        } else {
-            now - offset
-        }
-    }
-
-    /// As `Ec2Client`'s: adopts the offset SSM's `Date` shows when it is past
-    /// [`SKEW_THRESHOLD`] and differs from the one in use; true when it changed.
-    fn correct_skew(&self, date: Option<SystemTime>, sent_at: SystemTime, rtt: Duration) -> bool {
-        let Some(date) = date else {
-            return false;
-        };
-        let ours = sent_at + rtt / 2;
-        let measured: i64 = match date.duration_since(ours) {
-            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
-            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
-        };
-        let threshold = SKEW_THRESHOLD.as_millis() as u64;
-        if measured.unsigned_abs() < threshold {
-            return false;
-        }
-        let current = self.skew_ms.load(Ordering::Relaxed);
-        if (measured - current).unsigned_abs() < threshold {
-            return false;
-        }
-        self.skew_ms.store(measured, Ordering::Relaxed);
-        let secs = measured.unsigned_abs() / 1000;
-        let direction = if measured > 0 { "behind" } else { "ahead of" };
-        log::warn!(
-            "this host's clock is {secs} s {direction} SSM's (from SSM's Date header): signing \
-             with SSM's time from now on; fix the host's time synchronization (chrony, \
-             systemd-timesyncd)"
-        );
-        true
     }
 }
 

@@ -290,10 +290,7 @@ fn write_temp(path: &Path, content: &[u8], mode: u32, sync: bool) -> Result<Path
 
 /// Replaces `path` with `content` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
-    let tmp = write_temp(path, content, mode, true)?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    put_in_place(&tmp, path)?;
-    sync_dir(dir)
+    write_atomic_owned(path, content, mode, None)
 }
 
 /// As [`write_atomic`], the file owned by `owner` (uid, gid) before it is renamed into place:

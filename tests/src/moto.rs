@@ -171,46 +171,10 @@ impl Moto {
     }
 
     pub fn start() -> Moto {
-        let began = Instant::now();
-        let python = venv().join("bin/python");
-        let script = workspace().join("tests/moto/setup.py");
-        let out = Command::new(&python)
-            .arg(&script)
-            .arg("--call-count")
-            .output()
-            .expect("the venv's python runs");
-        assert!(
-            out.status.success(),
-            "setup.py --call-count: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let calls: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("setup.py --call-count prints a number");
-
-        let mut moto = Moto::spawn(Some(calls));
-
-        let out = Command::new(&python)
-            .arg(&script)
-            .args(["--endpoint", &moto.url])
-            .output()
-            .expect("setup.py runs");
-        assert!(
-            out.status.success(),
-            "tests/moto/setup.py failed ({}):\n{}\n--- moto's log\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            moto.log()
-        );
-        moto.world = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "setup.py's output is not the world it describes: {e}\n{}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+        let (mut moto, world) = Moto::start_with_setup("tests/moto/setup.py", &[]);
+        moto.world = serde_json::from_value(world).unwrap_or_else(|e| {
+            panic!("tests/moto/setup.py's output is not the world it describes: {e}")
         });
-        assert_eq!(moto.world.setup_calls, calls);
-        moto.startup = began.elapsed();
         moto
     }
 

@@ -106,6 +106,7 @@ fn bench(c: &mut Criterion) {
                     membership: &membership,
                     profile: &profile,
                     pending_restarts: &pending,
+                    aliases: &[],
                 };
                 plan::plan(&inputs, &current).unwrap()
             })
@@ -160,6 +161,7 @@ fn bench(c: &mut Criterion) {
                 membership: &membership,
                 profile: &profile,
                 pending_restarts: &pending,
+                aliases: &[],
             };
             plan::plan(&inputs, &current).unwrap().files.len()
         })

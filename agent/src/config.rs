@@ -100,8 +100,16 @@ pub struct Poll {
 pub struct Kubernetes {
     pub log_level: u8,
     pub allow_privileged: bool,
-    /// The apiserver's `--portal_net`.
+    /// The apiserver's `--portal_net` (legacy-2015); kubeadm's `networking.serviceSubnet`.
     pub service_cidr: String,
+    /// The Kubernetes version kubeadm configures (`v1.20.2`); `None`: the profile's.
+    pub version: Option<String>,
+    /// The lifetime of the bootstrap token masters publish for joining nodes (seconds); it is
+    /// replaced when half of it is left, so a node never reads a token with less than half.
+    pub token_ttl_seconds: u64,
+    /// kubeadm preflight checks a minion's join skips (kubeadm's `ignorePreflightErrors`), for
+    /// hosts whose node agent is not the standard kubelet.
+    pub ignore_preflight_errors: Vec<String>,
 }
 
 /// How the masters keep their etcd cluster.
@@ -133,6 +141,9 @@ impl Default for Config {
                 log_level: 0,
                 allow_privileged: false,
                 service_cidr: "10.254.0.0/16".to_string(),
+                version: None,
+                token_ttl_seconds: 7200,
+                ignore_preflight_errors: Vec::new(),
             },
             etcd: Etcd {
                 stopped_grace_seconds: 3600,
@@ -181,6 +192,9 @@ struct KubernetesLayer {
     log_level: Option<u8>,
     allow_privileged: Option<bool>,
     service_cidr: Option<String>,
+    version: Option<String>,
+    token_ttl_seconds: Option<u64>,
+    ignore_preflight_errors: Option<Vec<String>>,
 }
 
 /// The keys a layer may hold, for "did you mean" hints.
@@ -198,6 +212,9 @@ const KEYS: &[&str] = &[
     "log_level",
     "allow_privileged",
     "service_cidr",
+    "version",
+    "token_ttl_seconds",
+    "ignore_preflight_errors",
     "ec2_endpoint",
     "etcd",
     "stopped_grace_seconds",
@@ -564,9 +581,66 @@ impl Config {
                 }
                 self.kubernetes.service_cidr = v.clone();
             }
+            if let Some(v) = &k.version {
+                if !valid_kubernetes_version(v) {
+                    return Err(invalid(
+                        "kubernetes.version",
+                        v,
+                        "not a Kubernetes release version",
+                        "write it like `v1.20.2`",
+                    ));
+                }
+                self.kubernetes.version = Some(v.clone());
+            }
+            if let Some(t) = k.token_ttl_seconds {
+                if !(120..=7 * 86_400).contains(&t) {
+                    return Err(invalid(
+                        "kubernetes.token_ttl_seconds",
+                        &t.to_string(),
+                        "out of range",
+                        "use a number of seconds from 120 to 604800 (7 days)",
+                    ));
+                }
+                self.kubernetes.token_ttl_seconds = t;
+            }
+            if let Some(list) = &k.ignore_preflight_errors {
+                if let Some(bad) = list.iter().find(|c| !valid_preflight_check(c)) {
+                    return Err(invalid(
+                        "kubernetes.ignore_preflight_errors",
+                        bad,
+                        "not a kubeadm preflight check name",
+                        "list check names as kubeadm prints them, like `Swap` or \
+                         `FileContent--proc-sys-net-ipv4-ip_forward`",
+                    ));
+                }
+                self.kubernetes.ignore_preflight_errors = list.clone();
+            }
         }
         Ok(())
     }
+}
+
+/// `vMAJOR.MINOR.PATCH`, as kubeadm's `kubernetesVersion` takes it offline (a label such as
+/// `stable` makes kubeadm ask the internet).
+pub(crate) fn valid_kubernetes_version(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix('v') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    s.len() <= 16
+        && parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A kubeadm preflight check name (`Swap`, `FileContent--proc-sys-net-ipv4-ip_forward`, `all`):
+/// it reaches kubeadm's configuration file.
+pub(crate) fn valid_preflight_check(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Cluster and profile names: they reach tag filters, paths and file comments.

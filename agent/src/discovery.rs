@@ -50,6 +50,8 @@ pub enum Condition {
     EtcdWaiting(String),
     /// The etcd cluster lost quorum for good; nothing is seeded automatically.
     EtcdNeedsRestore(String),
+    /// The Kubernetes tier waits: the shared keys, the API server, a join ticket.
+    KubeWaiting(String),
 }
 
 impl fmt::Display for Condition {
@@ -62,6 +64,7 @@ impl fmt::Display for Condition {
             ),
             Condition::EtcdWaiting(why) => write!(f, "etcd: waiting: {why}"),
             Condition::EtcdNeedsRestore(why) => write!(f, "etcd: needs restore: {why}"),
+            Condition::KubeWaiting(why) => write!(f, "{why}"),
             Condition::SeveralMasters(names) => write!(
                 f,
                 "several masters ({}): exactly one instance of the cluster may be tagged \

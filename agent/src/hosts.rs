@@ -11,13 +11,16 @@ pub const BEGIN: &str =
     "# BEGIN berth: cluster nodes, managed by berth-agent; edits inside are replaced";
 pub const END: &str = "# END berth";
 
-/// The block for these nodes (already sorted by name), markers included.
-pub fn block(nodes: &[Node]) -> String {
-    let mut b = String::with_capacity(64 + nodes.len() * 32);
+/// The block for these nodes (already sorted by name) and then these aliases (address, name), markers included.
+pub fn block_with(nodes: &[Node], aliases: &[(std::net::Ipv4Addr, String)]) -> String {
+    let mut b = String::with_capacity(64 + (nodes.len() + aliases.len()) * 32);
     b.push_str(BEGIN);
     b.push('\n');
     for n in nodes {
         b.push_str(&format!("{} {}\n", n.private_ip, n.name));
+    }
+    for (ip, name) in aliases {
+        b.push_str(&format!("{ip} {name}\n"));
     }
     b.push_str(END);
     b.push('\n');
@@ -181,7 +184,7 @@ mod tests {
     #[test]
     fn appends_then_replaces_in_place() {
         let base = "127.0.0.1 localhost\n::1 localhost\n";
-        let b = block(&nodes());
+        let b = block_with(&nodes(), &[]);
         let once = merge(base, Some(&b));
         assert_eq!(
             once,
@@ -189,7 +192,7 @@ mod tests {
         );
         assert_eq!(merge(&once, Some(&b)), once, "idempotent");
         let with_tail = format!("{once}10.0.0.1 printer\n");
-        let fewer = block(&nodes()[..1]);
+        let fewer = block_with(&nodes()[..1], &[]);
         let replaced = merge(&with_tail, Some(&fewer));
         assert_eq!(
             replaced,
@@ -200,7 +203,7 @@ mod tests {
 
     #[test]
     fn no_trailing_newline_and_damaged_block() {
-        let b = block(&nodes());
+        let b = block_with(&nodes(), &[]);
         assert_eq!(
             merge("127.0.0.1 localhost", Some(&b)),
             format!("127.0.0.1 localhost\n{b}")
@@ -214,7 +217,7 @@ mod tests {
     fn conflicting_host_lines_are_disabled_and_restored() {
         let hand = "127.0.0.1 localhost\n172.30.0.200 fed-master # the old one\n\
                     172.30.0.43 fed-minion\n10.0.0.9 printer FED-MASTER\n";
-        let b = block(&nodes());
+        let b = block_with(&nodes(), &[]);
         let once = merge(hand, Some(&b));
         assert_eq!(
             once,
@@ -231,7 +234,7 @@ mod tests {
         // Without the block (manage_hosts: false), the host's lines come back as they were.
         assert_eq!(merge(&once, None), hand);
         // With fed-master gone from the cluster, its line comes back.
-        let minion_only = block(&nodes()[1..]);
+        let minion_only = block_with(&nodes()[1..], &[]);
         assert_eq!(
             merge(&once, Some(&minion_only)),
             format!("{}{minion_only}", hand)

@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod etcd;
 pub mod host;
+pub mod kube;
 pub(crate) mod hosts;
 pub(crate) mod lifecycle;
 pub mod lock;

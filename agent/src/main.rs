@@ -235,6 +235,11 @@ async fn plan_cmd(common: &Common, format: Format) -> ExitCode {
                         print!("{}", e.record.render());
                         println!("  next step: {}", e.next_step);
                     }
+                    if let Some(k) = &r.kubernetes {
+                        for line in k.render(berth_agent::state::now_secs()) {
+                            println!("{line}");
+                        }
+                    }
                 }
             }
             ExitCode::SUCCESS

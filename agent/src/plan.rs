@@ -107,6 +107,9 @@ pub struct Inputs<'a> {
     pub profile: &'a Profile,
     /// Units whose restart a previous run decided on but did not finish (it crashed or failed).
     pub pending_restarts: &'a BTreeSet<String>,
+    /// Extra names for the managed block of `/etc/hosts` (address, name): the kubeadm
+    /// profile's API name.
+    pub aliases: &'a [(std::net::Ipv4Addr, String)],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -359,7 +362,7 @@ fn desired_files(inputs: &Inputs<'_>, current: &HostFiles) -> Result<Vec<Desired
         .unwrap_or_default();
     let block = config
         .manage_hosts
-        .then(|| hosts::block(&inputs.membership.nodes));
+        .then(|| hosts::block_with(&inputs.membership.nodes, inputs.aliases));
     let merged = hosts::merge(&hosts_text, block.as_deref());
     if hosts_now.is_some() || block.is_some() {
         out.push(Desired {
@@ -559,6 +562,7 @@ mod tests {
             membership: &m,
             profile: &profile,
             pending_restarts: &pending,
+            aliases: &[],
         };
         plan(&inputs, current).unwrap()
     }
@@ -891,6 +895,7 @@ mod tests {
             membership: &m,
             profile: &profile,
             pending_restarts: &pending,
+            aliases: &[],
         };
         let p = plan(&inputs, &host).unwrap();
         let f = action(&p, HOSTS_PATH).unwrap();
@@ -917,6 +922,7 @@ mod tests {
             membership: &m,
             profile: &profile,
             pending_restarts: &pending,
+            aliases: &[],
         };
         assert!(matches!(
             plan(&inputs, &fedora()),

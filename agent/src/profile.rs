@@ -28,6 +28,27 @@ struct Manifest {
     inputs: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     etcd_cluster: Option<EtcdCluster>,
+    #[serde(default)]
+    kubernetes_cluster: Option<KubernetesCluster>,
+}
+
+/// A profile's Kubernetes tier through kubeadm, on top of its etcd tier (see `kube/`): a control
+/// plane on every master as systemd units, minions joined with a bootstrap token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesCluster {
+    /// kubeadm's `kubernetesVersion` (`v1.20.2`), unless user-data sets `kubernetes.version`.
+    pub version: String,
+    /// Where kubeadm, kubectl and the control plane's binaries are.
+    pub bin_dir: String,
+    /// The name every node resolves to a live API server (the managed block of `/etc/hosts`
+    /// points it at the master itself on a master, at a master that answers on a minion); it is
+    /// kubeadm's `controlPlaneEndpoint`.
+    pub api_name: String,
+    /// The API server's secure port.
+    pub api_port: u16,
+    /// kubeadm's `networking.podSubnet`.
+    pub pod_subnet: String,
 }
 
 /// A profile's etcd tier: every master is a member of one etcd cluster that the agent forms and
@@ -104,6 +125,8 @@ pub struct Profile {
     pub templates: BTreeMap<String, String>,
     /// The etcd tier, for profiles whose masters form an etcd cluster.
     pub etcd: Option<EtcdCluster>,
+    /// The Kubernetes tier through kubeadm; needs the etcd tier.
+    pub kubernetes: Option<KubernetesCluster>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +355,45 @@ impl Profile {
             })?;
             templates.insert(e.template.clone(), src);
         }
+        if let Some(k) = &m.kubernetes_cluster {
+            if m.etcd_cluster.is_none() {
+                return Err(bad(
+                    "kubernetes_cluster: needs an etcd_cluster section (its API servers store \
+                     in the masters' etcd)"
+                        .to_string(),
+                ));
+            }
+            if !valid_abs_path(&k.bin_dir) {
+                return Err(bad(format!(
+                    "kubernetes_cluster: `{}` is not an absolute, normalized path",
+                    k.bin_dir
+                )));
+            }
+            if !crate::config::valid_kubernetes_version(&k.version) {
+                return Err(bad(format!(
+                    "kubernetes_cluster: version `{}` is not like `v1.20.2`",
+                    k.version
+                )));
+            }
+            if k.api_name.len() > 253
+                || k.api_name.split('.').count() < 2
+                || !k.api_name.split('.').all(crate::discovery::valid_label)
+            {
+                return Err(bad(format!(
+                    "kubernetes_cluster: api_name `{}` is not a DNS name with a dot",
+                    k.api_name
+                )));
+            }
+            if k.api_port == 0 {
+                return Err(bad("kubernetes_cluster: api_port 0".to_string()));
+            }
+            if !crate::config::valid_ipv4_cidr(&k.pod_subnet) {
+                return Err(bad(format!(
+                    "kubernetes_cluster: pod_subnet `{}` is not an IPv4 CIDR block",
+                    k.pod_subnet
+                )));
+            }
+        }
         Ok(Profile {
             name: m.name,
             description: m.description,
@@ -342,6 +404,7 @@ impl Profile {
             inputs: m.inputs,
             templates,
             etcd: m.etcd_cluster,
+            kubernetes: m.kubernetes_cluster,
         })
     }
 

@@ -15,6 +15,8 @@ use crate::config::{Config, ConfigError, Layer, Role};
 use crate::discovery::{self, Condition, Me, Membership, Node};
 use crate::etcd::cloud::AwsCloud;
 use crate::etcd::{EtcdTier, TierError, TierOutcome};
+use crate::kube::master::EtcdLink;
+use crate::kube::{KubeError, KubeOutcome, KubeRecord, KubeTier};
 use crate::host::{Host, HostError, UnitOp, UpgradeOutcome};
 use crate::lifecycle::{self, Action, HostUpgrade, UpgradeInputs, Why};
 use crate::plan::{self, Plan, PlanError};
@@ -97,6 +99,8 @@ pub enum RunError {
     Template(PlanError),
     #[error(transparent)]
     Etcd(#[from] TierError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     #[error(
         "the {profile} profile keeps its cluster secrets in Parameter Store under \
          /berth/CLUSTER/: tag the instances `berth:cluster=NAME` (letters, digits, `.`, `_`, `-`; \
@@ -127,6 +131,15 @@ impl RunError {
                 TierError::BadParameter { .. } | TierError::Pki(_) => exit::BAD_INPUT,
                 TierError::File(_) | TierError::Host(_) | TierError::Setup(_) => exit::HOST,
             },
+            RunError::Kube(e) => match e {
+                KubeError::Cloud(s) if s.is_bad_input() => exit::BAD_INPUT,
+                KubeError::Cloud(_) | KubeError::Etcd(_) | KubeError::Join(_) => exit::REMOTE,
+                KubeError::BadParameter { .. } => exit::BAD_INPUT,
+                KubeError::Command(_)
+                | KubeError::File(_)
+                | KubeError::Host(_)
+                | KubeError::Setup(_) => exit::HOST,
+            },
         }
     }
 }
@@ -151,6 +164,9 @@ pub(crate) struct Context {
     /// Instances DescribeInstances returned (the pollers sharing the EC2 budget), and pages.
     pub instances_seen: usize,
     pub pages: u32,
+    /// Extra names of the managed hosts block: the kubeadm profile's API name and where it
+    /// points on this node.
+    pub aliases: Vec<(std::net::Ipv4Addr, String)>,
 }
 
 impl Context {
@@ -195,6 +211,9 @@ pub struct PlanReport {
     /// The etcd tier on a master of a profile that has one: the next step and the cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<crate::etcd::EtcdPreview>,
+    /// The Kubernetes tier of a profile that has one, as it stands (no token, no key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeRecord>,
 }
 
 /// Called after each host-changing step of a run with the step's number (from 1) and what it
@@ -389,6 +408,14 @@ impl Agent {
                 instance_id: sources.identity.instance_id.clone(),
                 dns: crate::config::truncate_value(&sources.identity.private_dns_name),
             })?;
+        let mut aliases = Vec::new();
+        if let Some(k) = &profile.kubernetes {
+            let masters = masters_of(&membership);
+            let me = (node.role == Role::Master).then_some(node.private_ip);
+            if let Some(ip) = crate::kube::api_target(me, &masters, k.api_port).await {
+                aliases.push((ip, k.api_name.clone()));
+            }
+        }
         Ok(Context {
             instances_seen: instances.len(),
             pages,
@@ -397,6 +424,7 @@ impl Agent {
             profile,
             node,
             membership,
+            aliases,
         })
     }
 
@@ -432,6 +460,7 @@ impl Agent {
             membership: &ctx.membership,
             profile: &ctx.profile,
             pending_restarts: &state.pending_restarts,
+            aliases: &ctx.aliases,
         };
         Ok(plan::plan(&inputs, &current)?)
     }
@@ -463,6 +492,7 @@ impl Agent {
             reload: false,
             units: Vec::new(),
             etcd: None,
+            kubernetes: None,
         };
         match self.read_plan(&ctx, &state) {
             Ok(p) => {
@@ -487,6 +517,20 @@ impl Agent {
                 Err(e) => report
                     .notes
                     .push(format!("etcd: could not look at the cluster: {e}")),
+            }
+        }
+        if let Some(tier) = Self::kube_inputs(&root, &ctx)? {
+            let region = ctx.sources.identity.region.clone();
+            let mut cloud = AwsCloud {
+                remote: &mut self.remote,
+                region: &region,
+            };
+            let mut rec = state.kubernetes.clone().unwrap_or_default();
+            match tier.preview(&mut cloud, &mut rec).await {
+                Ok(()) => report.kubernetes = Some(rec),
+                Err(e) => report
+                    .notes
+                    .push(format!("kubernetes: could not look at the cluster: {e}")),
             }
         }
         Ok(report)
@@ -568,7 +612,20 @@ impl Agent {
                 return Err(e);
             }
         };
-        match self.etcd_tier(host, &mut state, &ctx).await {
+        let link = match self.etcd_tier(host, &mut state, &ctx).await {
+            Ok(Ok(link)) => link,
+            Ok(Err(c)) => {
+                log::warn!("{c}");
+                state.wait(c.to_string(), ctx.membership.clone());
+                state.save(&root)?;
+                return Err(RunError::NotReady(c));
+            }
+            Err(e) => {
+                record_failure(&root, &mut state, &e);
+                return Err(e);
+            }
+        };
+        match self.kube_tier(host, &mut state, &ctx, link.as_ref()).await {
             Ok(None) => Ok(outcome),
             Ok(Some(c)) => {
                 log::warn!("{c}");
@@ -580,6 +637,107 @@ impl Agent {
                 record_failure(&root, &mut state, &e);
                 Err(e)
             }
+        }
+    }
+
+    /// The Kubernetes tier's inputs, or `None` when the profile has none.
+    fn kube_inputs<'c>(root: &'c Path, ctx: &'c Context) -> Result<Option<KubeTier<'c>>, RunError> {
+        let Some(spec) = &ctx.profile.kubernetes else {
+            return Ok(None);
+        };
+        let cluster = match ctx.config.cluster.as_deref() {
+            Some(c) if valid_cluster_name(c) => c,
+            other => {
+                return Err(RunError::ClusterName {
+                    profile: ctx.profile.name.clone(),
+                    got: other
+                        .map(|c| format!(" (`{}` is not usable)", crate::config::truncate_value(c)))
+                        .unwrap_or_default(),
+                })
+            }
+        };
+        Ok(Some(KubeTier {
+            root,
+            spec,
+            config: &ctx.config.kubernetes,
+            cluster,
+            instance_id: &ctx.node.instance_id,
+            ip: ctx.node.private_ip,
+            masters: masters_of(&ctx.membership),
+            minions: ctx
+                .membership
+                .minions()
+                .map(|n| n.instance_id.clone())
+                .collect(),
+            api_target: ctx.aliases.first().map(|(ip, _)| *ip),
+        }))
+    }
+
+    /// The Kubernetes tier: `Some(condition)` when it waits.
+    async fn kube_tier<H: Host>(
+        &mut self,
+        host: &mut H,
+        state: &mut State,
+        ctx: &Context,
+        link: Option<&EtcdHandle>,
+    ) -> Result<Option<Condition>, RunError> {
+        let root = self.opts.root.clone();
+        let Some(tier) = Self::kube_inputs(&root, ctx)? else {
+            return Ok(None);
+        };
+        if !self.opts.host_actions {
+            self.note("kubernetes tier not run: --no-host-actions runs no kubeadm".to_string());
+            return Ok(None);
+        }
+        if root != Path::new("/") {
+            self.note(
+                "kubernetes tier not run: kubeadm writes /etc/kubernetes itself, so it runs only \
+                 with --root /"
+                    .to_string(),
+            );
+            return Ok(None);
+        }
+        let mut rec = state.kubernetes.clone().unwrap_or_default();
+        rec.deleted_nodes.clear();
+        let region = ctx.sources.identity.region.clone();
+        let mut cloud = AwsCloud {
+            remote: &mut self.remote,
+            region: &region,
+        };
+        let steps = &mut self.steps;
+        let mut on_step = |what: &str| steps.after(what);
+        let result = match (ctx.node.role, link) {
+            (Role::Master, Some(link)) => {
+                let etcd = link.link();
+                tier.master(host, &mut cloud, &etcd, &mut rec, &mut on_step)
+                    .await
+            }
+            (Role::Master, None) => Err(KubeError::Setup(
+                "the profile has a Kubernetes tier but no etcd tier".into(),
+            )),
+            (Role::Minion, _) => tier.minion(host, &mut cloud, &mut rec, &mut on_step).await,
+        };
+        match &result {
+            Ok(KubeOutcome::Ready) => {
+                rec.health = "ready".into();
+                rec.detail.clear();
+            }
+            Ok(KubeOutcome::Waiting(why)) => {
+                rec.health = "waiting".into();
+                rec.detail = why.clone();
+            }
+            Err(e) => {
+                rec.health = "failed".into();
+                rec.detail = e.to_string();
+            }
+        }
+        state.kubernetes = Some(rec);
+        match result? {
+            KubeOutcome::Ready => {
+                state.save(&root)?;
+                Ok(None)
+            }
+            KubeOutcome::Waiting(why) => Ok(Some(Condition::KubeWaiting(why))),
         }
     }
 
@@ -624,22 +782,23 @@ impl Agent {
         }))
     }
 
-    /// The etcd tier of a master: `Some(condition)` when it waits or needs a restore.
+    /// The etcd tier of a master: the healthy member's handle (`None` on other nodes), or the
+    /// condition when it waits or needs a restore.
     async fn etcd_tier<H: Host>(
         &mut self,
         host: &mut H,
         state: &mut State,
         ctx: &Context,
-    ) -> Result<Option<Condition>, RunError> {
+    ) -> Result<Result<Option<EtcdHandle>, Condition>, RunError> {
         let root = self.opts.root.clone();
         let Some(tier) = Self::etcd_inputs(&root, ctx)? else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
         if !self.opts.host_actions {
             self.note(
                 "etcd tier not run: --no-host-actions changes no cluster membership".to_string(),
             );
-            return Ok(None);
+            return Ok(Ok(None));
         }
         let mut rec = state.etcd.clone().unwrap_or_default();
         let region = ctx.sources.identity.region.clone();
@@ -653,8 +812,10 @@ impl Agent {
             let ca = tier.ca(&mut cloud, true).await?.expect("made when missing");
             let (cert, key) = tier.write_pki(&ca, &mut on_step)?;
             let client = tier.client(&ca, &cert, &key)?;
-            tier.converge(host, &mut cloud, &client, &mut rec, &mut on_step)
-                .await
+            let outcome = tier
+                .converge(host, &mut cloud, &client, &mut rec, &mut on_step)
+                .await?;
+            Ok::<_, TierError>((outcome, client))
         }
         .await;
         if let Err(e) = &result {
@@ -662,13 +823,30 @@ impl Agent {
             rec.detail = e.to_string();
         }
         state.etcd = Some(rec);
-        match result? {
+        let (outcome, client) = result?;
+        match outcome {
             TierOutcome::Healthy => {
                 state.save(&root)?;
-                Ok(None)
+                let endpoint = tier.own_client_url();
+                let leader = match client.status(&endpoint).await {
+                    Ok(s) => s.leader != 0 && s.leader == s.member_id,
+                    Err(e) => {
+                        log::warn!("etcd: asking the local member who leads: {e}");
+                        false
+                    }
+                };
+                let pki = |f: &str| format!("{}/{f}", tier.spec.pki_dir);
+                Ok(Ok(Some(EtcdHandle {
+                    client,
+                    endpoint,
+                    leader,
+                    ca_file: pki("ca.crt"),
+                    cert_file: pki("client.crt"),
+                    key_file: pki("client.key"),
+                })))
             }
-            TierOutcome::Waiting(why) => Ok(Some(Condition::EtcdWaiting(why))),
-            TierOutcome::NeedsRestore(why) => Ok(Some(Condition::EtcdNeedsRestore(why))),
+            TierOutcome::Waiting(why) => Ok(Err(Condition::EtcdWaiting(why))),
+            TierOutcome::NeedsRestore(why) => Ok(Err(Condition::EtcdNeedsRestore(why))),
         }
     }
 
@@ -842,6 +1020,36 @@ impl Agent {
 }
 
 /// A cluster name that fits a Parameter Store path segment.
+/// instance id → private IPv4 of the discovered masters.
+fn masters_of(m: &Membership) -> std::collections::BTreeMap<String, std::net::Ipv4Addr> {
+    m.masters()
+        .map(|n| (n.instance_id.clone(), n.private_ip))
+        .collect()
+}
+
+/// What the Kubernetes tier keeps of a healthy etcd member on this master.
+struct EtcdHandle {
+    client: crate::etcd::client::EtcdClient,
+    endpoint: String,
+    leader: bool,
+    ca_file: String,
+    cert_file: String,
+    key_file: String,
+}
+
+impl EtcdHandle {
+    fn link(&self) -> EtcdLink<'_> {
+        EtcdLink {
+            client: &self.client,
+            endpoint: self.endpoint.clone(),
+            leader: self.leader,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+}
+
 fn valid_cluster_name(c: &str) -> bool {
     !c.is_empty()
         && c.len() <= 64

@@ -76,6 +76,9 @@ pub struct State {
     /// The etcd tier, on the masters of a profile that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<crate::etcd::EtcdRecord>,
+    /// The Kubernetes tier, on the nodes of a profile that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube::KubeRecord>,
 }
 
 /// How a run ended, as `last-run.json` and `status` say it.
@@ -203,7 +206,7 @@ pub enum StateError {
     BadInstanceId(String),
 }
 
-pub(crate) fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

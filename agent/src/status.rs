@@ -219,6 +219,12 @@ fn render_state(s: &State, this_node: bool) -> String {
     if let Some(e) = &s.etcd {
         out.push_str(&e.render());
     }
+    if let Some(k) = &s.kubernetes {
+        for line in k.render(crate::state::now_secs()) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     out
 }
 

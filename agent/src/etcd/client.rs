@@ -327,6 +327,74 @@ impl EtcdClient {
         }))
     }
 
+    /// Puts `key` only if it does not exist (a transaction comparing its create revision with
+    /// 0). Returns `None` when this call created it, else the value that is there.
+    pub async fn create(
+        &self,
+        endpoint: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let k = b64(key.as_bytes());
+        self.txn(
+            endpoint,
+            json!({
+                "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+                "success": [{"request_put": {"key": k, "value": b64(value)}}],
+                "failure": [{"request_range": {"key": k}}],
+            }),
+        )
+        .await
+    }
+
+    /// Replaces `key`'s value only if it is `old` (a transaction comparing the value). Returns
+    /// `None` when this call replaced it, else the value that is there (empty when absent).
+    pub async fn swap(
+        &self,
+        endpoint: &str,
+        key: &str,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let k = b64(key.as_bytes());
+        self.txn(
+            endpoint,
+            json!({
+                "compare": [{"key": k, "target": "VALUE", "result": "EQUAL", "value": b64(old)}],
+                "success": [{"request_put": {"key": k, "value": b64(new)}}],
+                "failure": [{"request_range": {"key": k}}],
+            }),
+        )
+        .await
+    }
+
+    /// A one-compare transaction whose failure branch reads the key back.
+    async fn txn(&self, endpoint: &str, body: Value) -> Result<Option<Vec<u8>>, EtcdError> {
+        let v = self
+            .call(endpoint, "/v3/kv/txn", body, CHANGE_TIMEOUT)
+            .await?;
+        if v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
+            return Ok(None);
+        }
+        let value = v
+            .get("responses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|r| r.get("response_range"))
+            .and_then(|r| r.get("kvs"))
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|kv| kv.get("value"))
+            .and_then(Value::as_str)
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
+            .transpose()
+            .map_err(|e| EtcdError::Answer {
+                url: endpoint.to_string(),
+                reason: format!("a value that is not base64: {e}"),
+            })?;
+        Ok(Some(value.unwrap_or_default()))
+    }
+
     /// `Snapshot`: the member's whole backend, streamed, into `out`; returns its size in bytes.
     /// The stream's last chunk carries etcd's SHA-256 of the data, as `etcdctl snapshot save`
     /// writes it, so `etcdctl snapshot restore` verifies the file.
@@ -426,7 +494,7 @@ impl EtcdClient {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

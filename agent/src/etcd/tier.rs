@@ -118,6 +118,11 @@ impl<'a> EtcdTier<'a> {
         format!("https://{}:{PEER_PORT}", self.ip)
     }
 
+    /// This master's client URL.
+    pub fn own_client_url(&self) -> String {
+        Self::client_url(self.ip)
+    }
+
     fn client_url(ip: Ipv4Addr) -> String {
         format!("https://{ip}:{CLIENT_PORT}")
     }

@@ -537,19 +537,35 @@ impl Master {
         lan: &Lan,
         region: &LanRegion,
         spec: InstanceSpec,
-        prepare: impl FnOnce(&Container),
+        prepare: impl FnOnce(&mut Container),
     ) -> Master {
         let mut m = Master::prepare(lan, region, spec);
-        prepare(&m.ct);
+        prepare(&mut m.ct);
         m.boot();
         m
     }
 
     /// [`Master::launch`] for each of `specs`, booting the containers in parallel.
     pub fn launch_all(lan: &Lan, region: &LanRegion, specs: Vec<InstanceSpec>) -> Vec<Master> {
+        Master::launch_all_with(lan, region, specs, |_, _| {})
+    }
+
+    /// [`Master::launch_all`], with `prepare` run on each container (and its index in `specs`)
+    /// before it boots.
+    pub fn launch_all_with(
+        lan: &Lan,
+        region: &LanRegion,
+        specs: Vec<InstanceSpec>,
+        prepare: impl Fn(usize, &mut Container),
+    ) -> Vec<Master> {
         let mut masters: Vec<Master> = specs
             .into_iter()
-            .map(|spec| Master::prepare(lan, region, spec))
+            .enumerate()
+            .map(|(i, spec)| {
+                let mut m = Master::prepare(lan, region, spec);
+                prepare(i, &mut m.ct);
+                m
+            })
             .collect();
         std::thread::scope(|s| {
             for m in masters.iter_mut() {
@@ -628,7 +644,7 @@ impl Master {
         lan: &Lan,
         region: &LanRegion,
         spec: InstanceSpec,
-        prepare: impl FnOnce(&Container),
+        prepare: impl FnOnce(&mut Container),
     ) -> Master {
         self.terminate(region);
         lan.remove_node(&self.name);

@@ -7,6 +7,7 @@ pub mod dbus;
 pub mod fresh;
 pub mod ha;
 pub mod hostile;
+pub mod kube;
 pub mod lan;
 pub mod moto;
 pub mod nspawn;

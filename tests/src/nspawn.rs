@@ -108,6 +108,8 @@ pub struct Container {
     overlay: bool,
     /// The named network namespace (`/run/netns/NAME`) to boot into; `None` for a private one.
     netns: Option<PathBuf>,
+    /// Host directories bound read-only into the container at boot (host path, inside path).
+    binds_ro: Vec<(PathBuf, String)>,
 }
 
 impl Container {
@@ -155,6 +157,7 @@ impl Container {
             boots: 0,
             overlay: mounted,
             netns: None,
+            binds_ro: Vec::new(),
         }
     }
 
@@ -279,6 +282,11 @@ impl Container {
             .arg("--directory")
             .arg(self.root())
             .arg(format!("--bind={}:/run/dbus", bus.display()))
+            .args(
+                self.binds_ro
+                    .iter()
+                    .map(|(host, inside)| format!("--bind-ro={}:{inside}", host.display())),
+            )
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
@@ -372,6 +380,12 @@ impl Container {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = watcher.join();
         out.expect("wait for nsenter")
+    }
+
+    /// Binds the host directory `host` read-only at `inside` from the next boot on.
+    pub fn bind_ro(&mut self, host: &Path, inside: &str) {
+        std::fs::create_dir_all(self.path(inside)).unwrap();
+        self.binds_ro.push((host.to_path_buf(), inside.to_string()));
     }
 
     /// Writes `text` to the file `inside` the container, creating its parent directories.

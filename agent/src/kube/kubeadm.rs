@@ -91,10 +91,9 @@ pub fn init_config(c: &MasterConfig<'_>, token: Option<&BootstrapToken<'_>>) -> 
         "networking": {"serviceSubnet": c.service_subnet, "podSubnet": c.pod_subnet},
         "apiServer": {"certSANs": [c.api_name, c.ip.to_string()]},
     });
-    format!(
-        "# Written by berth-agent; rewritten at every run.\n---\n{}\n---\n{}\n",
-        init, cluster
-    )
+    // kubeadm splits on `---` lines and refuses an empty document, so the comment is part of
+    // the first one.
+    format!("# Written by berth-agent; rewritten at every run.\n{init}\n---\n{cluster}\n")
 }
 
 /// What a minion's join says.
@@ -128,7 +127,7 @@ pub fn join_config(c: &JoinConfig<'_>) -> String {
             "ignorePreflightErrors": c.ignore_preflight_errors,
         },
     });
-    format!("# Written by berth-agent for one `kubeadm join`, then removed.\n---\n{join}\n")
+    format!("# Written by berth-agent for one `kubeadm join`, then removed.\n{join}\n")
 }
 
 /// The unit for a component, from its static-pod manifest: the container's `command` becomes
@@ -361,10 +360,13 @@ mod tests {
         }
     }
 
+    /// The documents, as kubeadm splits them (on `---` lines); none may be empty.
     fn docs(text: &str) -> Vec<serde_json::Value> {
         text.split("\n---\n")
-            .skip(1)
-            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .map(|d| {
+                let body: Vec<&str> = d.lines().filter(|l| !l.starts_with('#')).collect();
+                serde_json::from_str(body.join("\n").trim()).unwrap()
+            })
             .collect()
     }
 

@@ -68,6 +68,7 @@ pub const SHARED_KEYS: [SharedKey; 3] = [
         parameter: "kubernetes-sa",
         public_file: "sa.pub",
         key_file: "sa.key",
+        // Made by berth (see `service_account_key`), not a kubeadm phase.
         phase: "sa",
     },
     SharedKey {
@@ -290,15 +291,19 @@ impl KubeTier<'_> {
             if have.is_some() {
                 continue;
             }
-            self.kubeadm(&["init", "phase", "certs", k.phase, "--config", &conf], &[])
-                .await?;
-            let read = |f: &str| {
-                std::fs::read_to_string(scratch.path().join(f))
-                    .map_err(|e| KubeError::Setup(format!("kubeadm did not write {f}: {e}")))
-            };
-            let pair = KeyPair {
-                public: read(k.public_file)?,
-                key: read(k.key_file)?,
+            let pair = if k.phase == "sa" {
+                service_account_key()?
+            } else {
+                self.kubeadm(&["init", "phase", "certs", k.phase, "--config", &conf], &[])
+                    .await?;
+                let read = |f: &str| {
+                    std::fs::read_to_string(scratch.path().join(f))
+                        .map_err(|e| KubeError::Setup(format!("kubeadm did not write {f}: {e}")))
+                };
+                KeyPair {
+                    public: read(k.public_file)?,
+                    key: read(k.key_file)?,
+                }
             };
             let name = key_parameter(self.cluster, k);
             let json = serde_json::to_string(&pair).expect("serializes");
@@ -563,6 +568,20 @@ impl KubeTier<'_> {
         }
         Ok(deleted)
     }
+}
+
+/// The service-account signing key: an ECDSA P-256 key (PKCS#8) and its public key (SPKI), both
+/// PEM. kube-apiserver and kube-controller-manager read ECDSA service-account keys as well as
+/// RSA ones (ES256 tokens), and kubeadm keeps an existing `sa.key` it can parse.
+/// `kubeadm init phase certs sa` would make an RSA one, but only after asking the internet for a
+/// version and the host for a default route, which it takes no configuration to skip.
+fn service_account_key() -> Result<KeyPair, KubeError> {
+    let key = rcgen::KeyPair::generate()
+        .map_err(|e| KubeError::Setup(format!("making the service-account key: {e}")))?;
+    Ok(KeyPair {
+        public: key.public_key_pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 /// The kubelet's ConfigMap of a version: `kubelet-config-MAJOR.MINOR` (kubeadm 1.20).

@@ -382,6 +382,11 @@ impl Container {
         out.expect("wait for nsenter")
     }
 
+    /// Whether the container is booted (not shut down or killed).
+    pub fn is_booted(&self) -> bool {
+        self.pid1.is_some()
+    }
+
     /// Binds the host directory `host` read-only at `inside` from the next boot on.
     pub fn bind_ro(&mut self, host: &Path, inside: &str) {
         std::fs::create_dir_all(self.path(inside)).unwrap();

@@ -90,8 +90,11 @@ fn prepare(ct: &mut Container, bin: &Path, minion: bool) {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(format!("/opt/kubernetes/bin/{b}"), &link).unwrap();
     }
-    std::fs::copy(crate::agent::bin("berth-agent"), ct.path("/usr/bin/berth-agent"))
-        .expect("copy berth-agent into the container");
+    std::fs::copy(
+        crate::agent::bin("berth-agent"),
+        ct.path("/usr/bin/berth-agent"),
+    )
+    .expect("copy berth-agent into the container");
     if minion {
         // The hollow kubelet's TLS bootstrap makes its key and CSR with openssl; the image has
         // libssl but not the program (the host's is the same Debian build).
@@ -176,10 +179,9 @@ impl Kube {
             kinds.push(false);
         }
         let bin = self.bin.clone();
-        let launched =
-            Master::launch_all_with(&self.ha.lan, &self.ha.region, specs, |i, ct| {
-                prepare(ct, &bin, i >= masters)
-            });
+        let launched = Master::launch_all_with(&self.ha.lan, &self.ha.region, specs, |i, ct| {
+            prepare(ct, &bin, i >= masters)
+        });
         let mut out = Vec::new();
         for (m, is_master) in launched.into_iter().zip(kinds) {
             if is_master {
@@ -221,7 +223,11 @@ impl Kube {
                 if !o.status.success() {
                     eprintln!(
                         "round {round}: {n:?} not ready: {}",
-                        crate::ha::describe(o).lines().take(3).collect::<Vec<_>>().join(" | ")
+                        crate::ha::describe(o)
+                            .lines()
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .join(" | ")
                     );
                     still.push((*n, o.clone()));
                 }
@@ -242,7 +248,11 @@ impl Kube {
                     .iter()
                     .map(|(n, o)| format!("{n:?}: {}", crate::ha::describe(o)))
                     .collect();
-                panic!("not converged after {} rounds:\n{}", round + 1, all.join("\n\n"));
+                panic!(
+                    "not converged after {} rounds:\n{}",
+                    round + 1,
+                    all.join("\n\n")
+                );
             }
             pending = still.into_iter().map(|(n, _)| n).collect();
             std::thread::sleep(Duration::from_secs(2));
@@ -278,7 +288,13 @@ impl Kube {
     pub fn kubectl(&mut self, via: usize, args: &[&str]) -> Output {
         let conf = self.admin_conf(via);
         let server = format!("https://{}:6443", self.ha.masters[via].ip);
-        kubectl_in(&self.ha.lan.bridge_netns_path(), &self.bin, &conf, &server, args)
+        kubectl_in(
+            &self.ha.lan.bridge_netns_path(),
+            &self.bin,
+            &conf,
+            &server,
+            args,
+        )
     }
 
     /// Node name → Ready condition status (`True`, `False`, `Unknown`), through master `via`;
@@ -308,7 +324,12 @@ impl Kube {
     }
 
     /// Waits until, through master `via`, exactly the nodes `names` exist and all are Ready.
-    pub fn wait_ready(&mut self, via: usize, names: &[String], timeout: Duration) -> Result<Duration, String> {
+    pub fn wait_ready(
+        &mut self,
+        via: usize,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Duration, String> {
         let start = Instant::now();
         let mut want: Vec<String> = names.to_vec();
         want.sort();
@@ -324,7 +345,9 @@ impl Kube {
             last = now;
             std::thread::sleep(Duration::from_millis(500));
         }
-        Err(format!("after {timeout:?}, nodes through master {via}: {last:?}; want {want:?} Ready"))
+        Err(format!(
+            "after {timeout:?}, nodes through master {via}: {last:?}; want {want:?} Ready"
+        ))
     }
 
     pub fn bin(&self) -> &Path {
@@ -344,7 +367,15 @@ impl Kube {
     pub fn lease_holder(&mut self, via: usize, component: &str) -> Option<String> {
         let o = self.kubectl(
             via,
-            &["get", "lease", "-n", "kube-system", component, "-o", "jsonpath={.spec.holderIdentity}"],
+            &[
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                component,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
         );
         let h = String::from_utf8_lossy(&o.stdout).trim().to_string();
         (o.status.success() && !h.is_empty()).then_some(h)
@@ -400,7 +431,13 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-pub fn kubectl_in(lan_netns: &Path, bin: &Path, kubeconfig: &Path, server: &str, args: &[&str]) -> Output {
+pub fn kubectl_in(
+    lan_netns: &Path,
+    bin: &Path,
+    kubeconfig: &Path,
+    server: &str,
+    args: &[&str],
+) -> Output {
     let mut cmd = in_netns(lan_netns, bin.join("kubectl"));
     cmd.arg("--kubeconfig")
         .arg(kubeconfig)

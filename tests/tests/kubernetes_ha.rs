@@ -21,7 +21,10 @@ fn assert_no_token(k: &Kube, token: &str, outputs: &[&std::process::Output]) {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(!text.contains(secret), "the token's secret in an output:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "the token's secret in an output:\n{text}"
+        );
     }
     for m in k.ha.masters.iter().chain(&k.minions) {
         let dir = m.ct.path("/var/lib/berth");
@@ -52,12 +55,11 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 fn ticket(k: &Kube) -> serde_json::Value {
-    let (json, _) = k
-        .ha
-        .region
-        .sim()
-        .parameter(TICKET_PARAMETER)
-        .expect("the masters published a join ticket");
+    let (json, _) =
+        k.ha.region
+            .sim()
+            .parameter(TICKET_PARAMETER)
+            .expect("the masters published a join ticket");
     serde_json::from_str(&json).unwrap()
 }
 
@@ -80,19 +82,32 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
     let t = ticket(&k);
     let token = t["token"].as_str().unwrap().to_string();
     let status = k.status(N::M(0));
-    assert!(status.contains("API endpoint: api.berth.internal:6443"), "{status}");
-    assert!(status.contains("this master's API server: ready"), "{status}");
+    assert!(
+        status.contains("API endpoint: api.berth.internal:6443"),
+        "{status}"
+    );
+    assert!(
+        status.contains("this master's API server: ready"),
+        "{status}"
+    );
     let plan = k.plan(N::W(0));
     assert!(plan.status.success(), "{}", describe(&plan));
     let wstatus = k.status(N::W(0));
     assert!(wstatus.contains("node: joined"), "{wstatus}");
     let wplan = String::from_utf8_lossy(&plan.stdout).into_owned();
-    assert!(wplan.contains("API endpoint: api.berth.internal:6443"), "{wplan}");
+    assert!(
+        wplan.contains("API endpoint: api.berth.internal:6443"),
+        "{wplan}"
+    );
     assert_no_token(&k, &token, &[&plan]);
     let duties: Vec<usize> = (0..3)
         .filter(|i| k.status(N::M(*i)).contains("cluster duties: this master"))
         .collect();
-    assert_eq!(duties.len(), 1, "exactly one master carries the cluster duties: {duties:?}");
+    assert_eq!(
+        duties.len(),
+        1,
+        "exactly one master carries the cluster duties: {duties:?}"
+    );
     let dstatus = k.status(N::M(duties[0]));
     let expires = t["expires"].as_u64().unwrap();
     assert!(
@@ -109,10 +124,23 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
         .put_parameter(TICKET_PARAMETER, &wrong.to_string(), true);
     let late = k.launch(0, 1)[0];
     let out = k.converge(late);
-    assert_eq!(out.status.code(), Some(4), "exit 4: the cluster refused; {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "exit 4: the cluster refused; {}",
+        describe(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pinned"), "kubeadm's refusal of the pin: {}", describe(&out));
-    assert!(!k.node(late).ct.path("/etc/kubernetes/kubelet.conf").exists());
+    assert!(
+        err.contains("pinned"),
+        "kubeadm's refusal of the pin: {}",
+        describe(&out)
+    );
+    assert!(!k
+        .node(late)
+        .ct
+        .path("/etc/kubernetes/kubelet.conf")
+        .exists());
     let late_id = k.node(late).instance_id.clone();
     assert!(
         !k.nodes(1).unwrap().iter().any(|(n, _)| *n == late_id),
@@ -127,7 +155,9 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
     k.converge_until_ready(&[late], 3);
     let mut want = minions.clone();
     want.push(late_id.clone());
-    let took = k.wait_ready(1, &want, Duration::from_secs(180)).unwrap_or_else(|e| panic!("{e}"));
+    let took = k
+        .wait_ready(1, &want, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("the late minion Ready {took:?} after its join");
 
     // An expired token is never used: a minion that reads one waits (exit 6), and kubeadm
@@ -146,19 +176,28 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
         describe(&out)
     );
     let w4_ct = &k.node(w4).ct;
-    assert!(!w4_ct.path("/etc/kubernetes/bootstrap-kubelet.conf").exists());
+    assert!(!w4_ct
+        .path("/etc/kubernetes/bootstrap-kubelet.conf")
+        .exists());
     assert!(!w4_ct.path("/etc/kubernetes/kubelet.conf").exists());
     let w4_status = k.status(w4);
     assert!(w4_status.contains("kubernetes: waiting"), "{w4_status}");
-    assert!(w4_status.contains("s ago)"), "the expiry, in the past: {w4_status}");
+    assert!(
+        w4_status.contains("s ago)"),
+        "the expiry, in the past: {w4_status}"
+    );
     k.converge_until_ready(&[N::M(0), N::M(1), N::M(2)], 3);
     let rotated = ticket(&k);
-    assert_ne!(rotated["token"], fixed["token"], "an expired ticket is replaced");
+    assert_ne!(
+        rotated["token"], fixed["token"],
+        "an expired ticket is replaced"
+    );
     assert!(rotated["expires"].as_u64().unwrap() > berth_agent::state::now_secs() + 1800);
     k.converge_until_ready(&[w4], 3);
     let w4_id = k.node(w4).instance_id.clone();
     want.push(w4_id);
-    k.wait_ready(1, &want, Duration::from_secs(180)).unwrap_or_else(|e| panic!("{e}"));
+    k.wait_ready(1, &want, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // A terminated minion's Node is deleted by the control plane.
     k.terminate(N::W(1));
@@ -167,18 +206,30 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
     let names: Vec<String> = k.nodes(1).unwrap().into_iter().map(|(n, _)| n).collect();
     let mut sorted = want.clone();
     sorted.sort();
-    assert_eq!(names, sorted, "the terminated minion's Node is gone, the others stay");
+    assert_eq!(
+        names, sorted,
+        "the terminated minion's Node is gone, the others stay"
+    );
 
     // The master whose controller-manager leads is terminated: the API still answers through
     // the others, and the lease moves to another master.
     let takers = k.lease_takers("kube-controller-manager");
-    assert_eq!(takers.len(), 1, "one controller-manager took the lease: {takers:?}");
+    assert_eq!(
+        takers.len(),
+        1,
+        "one controller-manager took the lease: {takers:?}"
+    );
     let leader = takers[0];
-    let before = k.lease_holder((leader + 1) % 3, "kube-controller-manager").unwrap();
+    let before = k
+        .lease_holder((leader + 1) % 3, "kube-controller-manager")
+        .unwrap();
     k.terminate(N::M(leader));
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     for via in &others {
-        assert!(k.nodes(*via).is_some(), "the API answers through master {via}");
+        assert!(
+            k.nodes(*via).is_some(),
+            "the API answers through master {via}"
+        );
     }
     let moved = berth_e2e::kube::wait_for(Duration::from_secs(120), || {
         k.lease_holder(others[0], "kube-controller-manager")
@@ -187,7 +238,9 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
     let after = moved.expect("the controller-manager lease moved to another master");
     let new_takers = k.lease_takers("kube-controller-manager");
     assert!(
-        new_takers.iter().any(|i| *i != leader && others.contains(i)),
+        new_takers
+            .iter()
+            .any(|i| *i != leader && others.contains(i)),
         "another master's controller-manager took the lease ({before} -> {after}): {new_takers:?}"
     );
     // The survivors converge (the dead etcd member removed); minions re-point the API name at
@@ -206,6 +259,33 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
     }
     k.wait_ready(others[1], &want, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("after a master was lost: {e}"));
-    let final_token = ticket(&k)["token"].as_str().unwrap().to_string();
+    // Revocation: the token deleted from the API; the leader's master publishes a new one at
+    // its next run, though the old ticket had most of its TTL left.
+    let before = ticket(&k);
+    let id = before["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    let o = k.kubectl(
+        others[0],
+        &[
+            "delete",
+            "secret",
+            "-n",
+            "kube-system",
+            &format!("bootstrap-token-{id}"),
+        ],
+    );
+    assert!(o.status.success(), "{}", describe(&o));
+    k.converge_until_ready(&survivors, 3);
+    let after = ticket(&k);
+    assert_ne!(
+        after["token"], before["token"],
+        "a revoked token is replaced"
+    );
+    let final_token = after["token"].as_str().unwrap().to_string();
     assert_no_token(&k, &final_token, &[]);
 }

@@ -38,6 +38,15 @@ const ACCOUNT_ID: &str = "123456789012";
 const CLUSTER: &str = "c1";
 const CA: &str = "/berth/c1/master/etcd-ca";
 const SEED: &str = "/berth/c1/node/seed";
+/// The Kubernetes tier's parameters (agent/src/kube/).
+const TICKET: &str = "/berth/c1/node/join";
+const TICKET_VALUE: &str = r#"{"token":"abcdef.0123456789abcdef","expires":1,"ca_cert_hash":"sha256:00","api_server":"a.b:6443"}"#;
+const K8S_CA: &str = "/berth/c1/master/kubernetes-ca";
+const K8S_KEYS: [&str; 3] = [
+    K8S_CA,
+    "/berth/c1/master/kubernetes-sa",
+    "/berth/c1/master/kubernetes-front-proxy-ca",
+];
 const CA_VALUE: &str = "-----BEGIN CERTIFICATE-----MIIBdDCCARqgAwIBAgIUetcdca\n-----BEGIN EC PRIVATE KEY-----MHcCAQEEIBerthEtcdCaKey";
 
 fn policy() -> RetryPolicy {
@@ -251,6 +260,33 @@ async fn moto_enforces_each_roles_actions() {
             .await,
         "minion PutParameter of a node parameter",
     );
+    // The join ticket: a master publishes it, a minion reads it and cannot replace it (a
+    // minion that could would hand other nodes its own token and pin).
+    ssm.put_parameter(
+        &master,
+        TICKET,
+        TICKET_VALUE,
+        ParameterType::SecureString,
+        true,
+    )
+    .await
+    .unwrap();
+    let t = ssm
+        .get_parameter(&minion, TICKET, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.value, TICKET_VALUE);
+    assert_denied(
+        ssm.put_parameter(&minion, TICKET, "{}", ParameterType::SecureString, true)
+            .await,
+        "minion PutParameter of the join ticket",
+    );
+    assert_denied(
+        ssm.put_parameter(&minion, K8S_CA, "x", ParameterType::SecureString, false)
+            .await,
+        "minion PutParameter of the Kubernetes CA",
+    );
     assert_denied(
         ssm.delete_parameter(&minion, CA).await,
         "minion DeleteParameter of the CA",
@@ -312,6 +348,50 @@ async fn the_documented_policies_keep_the_ca_from_minions() {
     ssm.put_parameter(&master, SEED, "seeded", ParameterType::String, false)
         .await
         .unwrap();
+
+    // The Kubernetes tier's shared keys, under the same path: refused to a minion, read by a
+    // master. (The names are the agent's.)
+    let agent_names: Vec<String> = berth_agent::kube::master::SHARED_KEYS
+        .iter()
+        .map(|k| berth_agent::kube::master::key_parameter(CLUSTER, k))
+        .collect();
+    assert_eq!(agent_names, K8S_KEYS);
+    assert_eq!(berth_agent::kube::ticket_parameter(CLUSTER), TICKET);
+    for name in K8S_KEYS {
+        ssm.put_parameter(&master, name, CA_VALUE, ParameterType::SecureString, false)
+            .await
+            .unwrap();
+        assert_denied(
+            ssm.get_parameter(&minion, name, true).await,
+            "minion GetParameter of a Kubernetes shared key",
+        );
+        let v = ssm
+            .get_parameter(&master, name, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.value, CA_VALUE);
+    }
+    ssm.put_parameter(
+        &master,
+        TICKET,
+        TICKET_VALUE,
+        ParameterType::SecureString,
+        true,
+    )
+    .await
+    .unwrap();
+    let t = ssm
+        .get_parameter(&minion, TICKET, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.value, TICKET_VALUE, "a minion reads the join ticket");
+    assert_denied(
+        ssm.put_parameter(&minion, TICKET, "{}", ParameterType::SecureString, true)
+            .await,
+        "minion PutParameter of the join ticket",
+    );
 
     let err = assert_denied(
         ssm.get_parameter(&minion, CA, true).await,

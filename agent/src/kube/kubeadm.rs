@@ -144,7 +144,11 @@ pub fn unit_from_manifest(
         .and_then(|c| c.as_array())
         .ok_or("no spec.containers[0].command")?
         .iter()
-        .map(|a| a.as_str().map(str::to_string).ok_or("a command word that is not a string"))
+        .map(|a| {
+            a.as_str()
+                .map(str::to_string)
+                .ok_or("a command word that is not a string")
+        })
         .collect::<Result<_, _>>()?;
     let Some((program, args)) = command.split_first() else {
         return Err("an empty command".into());
@@ -378,14 +382,20 @@ mod tests {
         assert_eq!(d[0]["bootstrapTokens"][0]["ttl"], "1s");
         assert!(d[0]["bootstrapTokens"][0].get("token").is_none());
         assert_eq!(d[1]["controlPlaneEndpoint"], "api.berth.internal:6443");
-        assert_eq!(d[1]["etcd"]["external"]["endpoints"][0], "https://10.0.0.5:2379");
+        assert_eq!(
+            d[1]["etcd"]["external"]["endpoints"][0],
+            "https://10.0.0.5:2379"
+        );
         assert_eq!(d[1]["kubernetesVersion"], "v1.20.2");
         let t = BootstrapToken {
             token: "abcdef.0123456789abcdef",
             ttl_seconds: 7200,
         };
         let d = docs(&init_config(&master(), Some(&t)));
-        assert_eq!(d[0]["bootstrapTokens"][0]["token"], "abcdef.0123456789abcdef");
+        assert_eq!(
+            d[0]["bootstrapTokens"][0]["token"],
+            "abcdef.0123456789abcdef"
+        );
         assert_eq!(d[0]["bootstrapTokens"][0]["ttl"], "7200s");
         assert_eq!(d[0]["bootstrapTokens"][0]["groups"][0], NODE_TOKEN_GROUP);
     }
@@ -428,8 +438,14 @@ spec:
     #[test]
     fn a_manifest_becomes_a_unit_with_every_word_quoted() {
         let u = unit_from_manifest("kube-controller-manager", MANIFEST, "/usr/bin/").unwrap();
-        assert!(u.contains("ExecStart=/usr/bin/kube-controller-manager \\\n"), "{u}");
-        assert!(u.contains("\"--controllers=*,bootstrapsigner,tokencleaner\""), "{u}");
+        assert!(
+            u.contains("ExecStart=/usr/bin/kube-controller-manager \\\n"),
+            "{u}"
+        );
+        assert!(
+            u.contains("\"--controllers=*,bootstrapsigner,tokencleaner\""),
+            "{u}"
+        );
         assert!(u.contains(r#""--weird=a \"b\" 100%% $$HOME\\x""#), "{u}");
         assert!(u.contains("Restart=always"));
         assert!(u.contains("After=network-online.target kube-apiserver.service"));
@@ -462,9 +478,14 @@ spec:
         .unwrap_err();
         assert!(e.how.contains("timed out"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(10));
-        let e = run(Path::new("/bin/sh"), &["-c", "echo s3cret.0123456789abcdef; exit 3"], Duration::from_secs(5), &["s3cret.0123456789abcdef"])
-            .await
-            .unwrap_err();
+        let e = run(
+            Path::new("/bin/sh"),
+            &["-c", "echo s3cret.0123456789abcdef; exit 3"],
+            Duration::from_secs(5),
+            &["s3cret.0123456789abcdef"],
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.how, "exited with 3");
         assert!(!e.to_string().contains("0123456789abcdef"), "{e}");
     }

@@ -149,9 +149,13 @@ impl KubeTier<'_> {
         }
         let config = kubeadm::init_config(&self.master_config(etcd, PKI_DIR), None);
         let conf_changed = write_if_changed(&self.path(KUBEADM_CONF), config.as_bytes(), 0o644)?;
-        let outputs_missing = ["apiserver.crt", "apiserver-kubelet-client.crt", "front-proxy-client.crt"]
-            .iter()
-            .any(|f| !self.path(&format!("{PKI_DIR}/{f}")).exists())
+        let outputs_missing = [
+            "apiserver.crt",
+            "apiserver-kubelet-client.crt",
+            "front-proxy-client.crt",
+        ]
+        .iter()
+        .any(|f| !self.path(&format!("{PKI_DIR}/{f}")).exists())
             || ["admin.conf", "controller-manager.conf", "scheduler.conf"]
                 .iter()
                 .any(|f| !self.path(&format!("/etc/kubernetes/{f}")).exists())
@@ -184,7 +188,8 @@ impl KubeTier<'_> {
         let hash = ticket::ca_cert_hash(&ca_pem).map_err(KubeError::Setup)?;
         rec.ca_cert_hash = Some(hash.clone());
         if etcd.leader {
-            self.cluster_duties(cloud, etcd, &hash, rec, on_step).await?;
+            self.cluster_duties(cloud, etcd, &hash, rec, on_step)
+                .await?;
         } else if let Some(t) = self.read_ticket(cloud).await? {
             rec.token_expires = Some(t.expires);
         }
@@ -253,7 +258,10 @@ impl KubeTier<'_> {
         Ok(None)
     }
 
-    async fn stored_keys<C: Cloud>(&self, cloud: &mut C) -> Result<Vec<Option<KeyPair>>, KubeError> {
+    async fn stored_keys<C: Cloud>(
+        &self,
+        cloud: &mut C,
+    ) -> Result<Vec<Option<KeyPair>>, KubeError> {
         let mut out = Vec::new();
         for k in &SHARED_KEYS {
             let name = key_parameter(self.cluster, k);
@@ -308,7 +316,10 @@ impl KubeTier<'_> {
             let name = key_parameter(self.cluster, k);
             let json = serde_json::to_string(&pair).expect("serializes");
             if cloud.create_parameter(&name, &json, true).await? {
-                log::info!("made the Kubernetes {} and stored it as {name}", k.parameter);
+                log::info!(
+                    "made the Kubernetes {} and stored it as {name}",
+                    k.parameter
+                );
             }
         }
         Ok(())
@@ -413,7 +424,14 @@ impl KubeTier<'_> {
         let have: BTreeSet<&str> = have.lines().map(str::trim).collect();
         if !have.contains("configmap/kubeadm-config") {
             self.kubeadm(
-                &["init", "phase", "upload-config", "kubeadm", "--config", KUBEADM_CONF],
+                &[
+                    "init",
+                    "phase",
+                    "upload-config",
+                    "kubeadm",
+                    "--config",
+                    KUBEADM_CONF,
+                ],
                 &[],
             )
             .await?;
@@ -432,9 +450,33 @@ impl KubeTier<'_> {
         let ttl = self.config.token_ttl_seconds;
         let api_server = format!("{}:{}", self.spec.api_name, self.spec.api_port);
         let current = self.read_ticket(cloud).await?;
-        let fresh = current.as_ref().is_some_and(|t| {
+        let mut fresh = current.as_ref().is_some_and(|t| {
             t.left(now) > ttl / 2 && t.ca_cert_hash == hash && t.api_server == api_server
         });
+        if let (true, Some(t)) = (fresh, &current) {
+            // A token deleted from the API (revoked) is replaced at once.
+            let secret = format!("bootstrap-token-{}", t.token_id());
+            let found = self
+                .kubectl(&[
+                    "get",
+                    "secret",
+                    "-n",
+                    "kube-system",
+                    &secret,
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ])
+                .await?;
+            if found.trim().is_empty() {
+                log::warn!(
+                    "the published join token (id {}) is gone from the API: revoked or expired; \
+                     publishing a new one",
+                    t.token_id()
+                );
+                fresh = false;
+            }
+        }
         if fresh && cluster_info {
             rec.token_expires = current.map(|t| t.expires);
         } else {
@@ -462,7 +504,15 @@ impl KubeTier<'_> {
             let conf = conf.to_string_lossy().into_owned();
             let made_at = crate::state::now_secs();
             self.kubeadm(
-                &["init", "phase", "bootstrap-token", "--config", &conf, "--kubeconfig", ADMIN_CONF],
+                &[
+                    "init",
+                    "phase",
+                    "bootstrap-token",
+                    "--config",
+                    &conf,
+                    "--kubeconfig",
+                    ADMIN_CONF,
+                ],
                 &[&token],
             )
             .await?;
@@ -493,7 +543,14 @@ impl KubeTier<'_> {
     /// master's Node; a master runs no kubelet, so it is stopped once the ConfigMap exists.
     async fn upload_kubelet_config(&self, config_map: &str) -> Result<(), KubeError> {
         let mut child = tokio::process::Command::new(self.bin("kubeadm"))
-            .args(["init", "phase", "upload-config", "kubelet", "--config", KUBEADM_CONF])
+            .args([
+                "init",
+                "phase",
+                "upload-config",
+                "kubelet",
+                "--config",
+                KUBEADM_CONF,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -504,11 +561,27 @@ impl KubeTier<'_> {
         let result = loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let have = self
-                .kubectl(&["get", "configmap", "-n", "kube-system", config_map, "-o", "name"])
+                .kubectl(&[
+                    "get",
+                    "configmap",
+                    "-n",
+                    "kube-system",
+                    config_map,
+                    "-o",
+                    "name",
+                ])
                 .await;
             // The RoleBinding is made right after the ConfigMap.
             let bound = self
-                .kubectl(&["get", "rolebinding", "-n", "kube-system", &format!("kubeadm:{config_map}"), "-o", "name"])
+                .kubectl(&[
+                    "get",
+                    "rolebinding",
+                    "-n",
+                    "kube-system",
+                    &format!("kubeadm:{config_map}"),
+                    "-o",
+                    "name",
+                ])
                 .await;
             if have.is_ok() && bound.is_ok() {
                 break Ok(());
@@ -545,7 +618,9 @@ impl KubeTier<'_> {
             .await?;
         let candidates: Vec<String> = names
             .split_whitespace()
-            .filter(|n| is_instance_id(n) && !self.minions.contains(*n) && !self.masters.contains_key(*n))
+            .filter(|n| {
+                is_instance_id(n) && !self.minions.contains(*n) && !self.masters.contains_key(*n)
+            })
             .map(str::to_string)
             .collect();
         if candidates.is_empty() {
@@ -561,7 +636,8 @@ impl KubeTier<'_> {
             if !gone {
                 continue;
             }
-            self.kubectl(&["delete", "node", &n, "--ignore-not-found"]).await?;
+            self.kubectl(&["delete", "node", &n, "--ignore-not-found"])
+                .await?;
             on_step(&format!("kubernetes delete node {n}"));
             log::info!("deleted Node {n}: its instance is terminated");
             deleted.push(n);
@@ -592,8 +668,13 @@ pub fn kubelet_config_map(version: &str) -> String {
 }
 
 fn parse_pair(v: &str) -> Result<KeyPair, String> {
-    let p: KeyPair = serde_json::from_str(v)
-        .map_err(|e| format!("not JSON {{public, key}} (line {} column {})", e.line(), e.column()))?;
+    let p: KeyPair = serde_json::from_str(v).map_err(|e| {
+        format!(
+            "not JSON {{public, key}} (line {} column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
     if !p.public.contains("-----BEGIN ") || !p.key.contains("-----BEGIN ") {
         return Err("`public` and `key` must be PEM".into());
     }

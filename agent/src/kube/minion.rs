@@ -91,7 +91,13 @@ impl KubeTier<'_> {
             t.ca_cert_hash
         );
         let kubeadm = Path::new(&self.spec.bin_dir).join("kubeadm");
-        let joined = kubeadm::run(&kubeadm, &["join", "--config", &conf], JOIN_DEADLINE, &[&t.token]).await;
+        let joined = kubeadm::run(
+            &kubeadm,
+            &["join", "--config", &conf],
+            JOIN_DEADLINE,
+            &[&t.token],
+        )
+        .await;
         drop(scratch);
         match joined {
             Ok(_) => {
@@ -103,8 +109,13 @@ impl KubeTier<'_> {
             }
             Err(e) => {
                 // kubeadm's documented way back from a failed join: the next run starts clean.
-                if let Err(r) =
-                    kubeadm::run(&kubeadm, &["reset", "--force"], Duration::from_secs(60), &[]).await
+                if let Err(r) = kubeadm::run(
+                    &kubeadm,
+                    &["reset", "--force"],
+                    Duration::from_secs(60),
+                    &[],
+                )
+                .await
                 {
                     log::warn!("after the failed join, {r}");
                 }

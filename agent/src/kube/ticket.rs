@@ -54,7 +54,9 @@ impl JoinTicket {
             )
         })?;
         if !valid_token(&t.token) {
-            return Err("`token` is not a kubeadm bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})".into());
+            return Err(
+                "`token` is not a kubeadm bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})".into(),
+            );
         }
         if !valid_ca_cert_hash(&t.ca_cert_hash) {
             return Err(format!(
@@ -103,7 +105,9 @@ pub fn valid_token(s: &str) -> bool {
 /// `sha256:` and 64 lowercase hex digits, as kubeadm prints its CA pin.
 pub fn valid_ca_cert_hash(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -126,7 +130,10 @@ pub fn ca_cert_hash(ca_pem: &str) -> Result<String, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.contents())
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let spki = cert.tbs_certificate.subject_pki.raw;
-    Ok(format!("sha256:{}", hex::encode(sha2::Sha256::digest(spki))))
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(spki))
+    ))
 }
 
 #[cfg(test)]
@@ -156,13 +163,22 @@ mod tests {
     #[test]
     fn bad_fields_are_named_and_the_token_is_never_quoted() {
         let cases = [
-            (ticket().replace(TOKEN, "ABCDEF.0123456789abcdef"), "`token`"),
+            (
+                ticket().replace(TOKEN, "ABCDEF.0123456789abcdef"),
+                "`token`",
+            ),
             (ticket().replace(TOKEN, "abcdef0123456789abcdef"), "`token`"),
             (ticket().replace("sha256:", "md5:"), "`ca_cert_hash`"),
             (ticket().replace(":6443", ""), "`api_server`"),
-            (ticket().replace("api.berth", "api;rm -rf /.berth"), "`api_server`"),
+            (
+                ticket().replace("api.berth", "api;rm -rf /.berth"),
+                "`api_server`",
+            ),
             ("[]".to_string(), "not a join ticket"),
-            (ticket().replace("\"expires\"", "\"extra\":1,\"expires\""), "not a join ticket"),
+            (
+                ticket().replace("\"expires\"", "\"extra\":1,\"expires\""),
+                "not a join ticket",
+            ),
             ("x".repeat(5000), "bytes"),
         ];
         for (text, want) in cases {
@@ -182,7 +198,9 @@ mod tests {
         let pin = ca_cert_hash(&cert.pem()).unwrap();
         assert!(valid_ca_cert_hash(&pin), "{pin}");
         use sha2::Digest;
-        let want = hex::encode(sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)));
+        let want = hex::encode(sha2::Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&key),
+        ));
         assert_eq!(pin, format!("sha256:{want}"));
         assert!(ca_cert_hash("not pem").is_err());
     }

@@ -697,6 +697,12 @@ impl Agent {
             );
             return Ok(None);
         }
+        for parent in ["/etc/kubernetes", "/run"] {
+            let n = crate::kube::kubeadm::remove_stale_scratch(&host_path(&root, parent));
+            if n > 0 {
+                log::info!("removed {n} scratch directory(ies) a killed run left in {parent}");
+            }
+        }
         let mut rec = state.kubernetes.clone().unwrap_or_default();
         rec.deleted_nodes.clear();
         let region = ctx.sources.identity.region.clone();

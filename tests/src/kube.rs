@@ -200,6 +200,27 @@ impl Kube {
         agent_inside(self.node(n), &self.ha.region.ec2_url(), &["run", "--once"])
     }
 
+    /// [`Kube::converge`] with extra environment variables (`BERTH_CRASH_AT`).
+    pub fn converge_with(&self, n: N, env: &[(&str, &str)]) -> Output {
+        let m = self.node(n);
+        let ec2 = self.ha.region.ec2_url();
+        let vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut argv: Vec<&str> = vec!["env", "BERTH_LOG=debug"];
+        argv.extend(vars.iter().map(String::as_str));
+        argv.extend_from_slice(&[
+            "berth-agent",
+            "run",
+            "--once",
+            "--imds-endpoint",
+            m.imds_url(),
+            "--ec2-endpoint",
+            &ec2,
+            "--ssm-endpoint",
+            &ec2,
+        ]);
+        m.ct.exec(&argv)
+    }
+
     /// [`Kube::converge`] on each of `which` at once; outputs in that order.
     pub fn converge_all(&self, which: &[N]) -> Vec<Output> {
         std::thread::scope(|s| {

@@ -309,7 +309,7 @@ impl Scratch {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::create_dir_all(parent)?;
         let path = parent.join(format!(
-            ".berth-kubeadm-{}-{}",
+            "{SCRATCH_PREFIX}{}-{}",
             std::process::id(),
             fastrand::u64(..)
         ));
@@ -334,6 +334,27 @@ impl Scratch {
         f.write_all(content.as_bytes())?;
         Ok(p)
     }
+}
+
+/// The prefix of every scratch directory's name.
+const SCRATCH_PREFIX: &str = ".berth-kubeadm-";
+
+/// Removes the scratch directories a killed run left under `parent` (they may hold a key or a
+/// token); returns how many. Called under the run lock, so no other run owns one.
+pub fn remove_stale_scratch(parent: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let is_scratch = name.to_str().is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if is_scratch && is_dir && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 impl Drop for Scratch {
@@ -463,6 +484,27 @@ spec:
         );
         assert!(!r.contains("0123456789abcdef"), "{r}");
         assert!(tail(&"x".repeat(5000)).len() < 1600);
+    }
+
+    #[test]
+    fn scratch_is_private_removed_on_drop_and_stale_ones_at_the_next_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = Scratch::new(d.path()).unwrap();
+        let f = s.write("k", "secret").unwrap();
+        assert_eq!(std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        let p = s.path().to_path_buf();
+        drop(s);
+        assert!(!p.exists());
+        // A killed run's directory (never dropped) goes at the next run; nothing else does.
+        let killed = Scratch::new(d.path()).unwrap();
+        let kept = d.path().join("pki");
+        std::fs::create_dir(&kept).unwrap();
+        let p = killed.path().to_path_buf();
+        std::mem::forget(killed);
+        assert_eq!(remove_stale_scratch(d.path()), 1);
+        assert!(!p.exists() && kept.exists());
     }
 
     #[tokio::test]

@@ -450,36 +450,22 @@ impl KubeTier<'_> {
         let ttl = self.config.token_ttl_seconds;
         let api_server = format!("{}:{}", self.spec.api_name, self.spec.api_port);
         let current = self.read_ticket(cloud).await?;
-        let mut fresh = current.as_ref().is_some_and(|t| {
-            t.left(now) > ttl / 2 && t.ca_cert_hash == hash && t.api_server == api_server
-        });
-        if let (true, Some(t)) = (fresh, &current) {
+        let mut replace = replacement_reason(current.as_ref(), now, ttl, hash, &api_server);
+        if let (None, Some(t)) = (&replace, &current) {
             // A token deleted from the API (revoked) is replaced at once.
             let secret = format!("bootstrap-token-{}", t.token_id());
             let found = self
-                .kubectl(&[
-                    "get",
-                    "secret",
-                    "-n",
-                    "kube-system",
-                    &secret,
-                    "--ignore-not-found",
-                    "-o",
-                    "name",
-                ])
+                .kubectl(&["get", "secret", "-n", "kube-system", &secret, "--ignore-not-found", "-o", "name"])
                 .await?;
             if found.trim().is_empty() {
-                log::warn!(
-                    "the published join token (id {}) is gone from the API: revoked or expired; \
-                     publishing a new one",
-                    t.token_id()
-                );
-                fresh = false;
+                replace = Some("its token is gone from the API (revoked)");
             }
         }
-        if fresh && cluster_info {
-            rec.token_expires = current.map(|t| t.expires);
-        } else {
+        if replace.is_none() && !cluster_info {
+            replace = Some("kube-public/cluster-info is missing");
+        }
+        if let Some(why) = replace {
+            log::info!("replacing the join ticket: {why}");
             let token = self.kubeadm(&["token", "generate"], &[]).await?;
             let token = token.trim().to_string();
             if !ticket::valid_token(&token) {
@@ -534,6 +520,8 @@ impl KubeTier<'_> {
                 super::ticket_parameter(self.cluster)
             );
             rec.token_expires = Some(t.expires);
+        } else {
+            rec.token_expires = current.map(|t| t.expires);
         }
         rec.deleted_nodes = self.delete_gone_nodes(cloud, on_step).await?;
         Ok(())
@@ -660,6 +648,26 @@ fn service_account_key() -> Result<KeyPair, KubeError> {
     })
 }
 
+/// Why the published join ticket must be replaced, from what it says alone; `None` when it may
+/// stay: it exists, has more than half of `ttl` (seconds) left at `now`, pins the cluster CA
+/// `hash`, and names `api_server`. Half the TTL: a minion reading it then has at least that long
+/// to finish its join, and a master that misses one run still replaces it in time.
+pub fn replacement_reason(
+    current: Option<&JoinTicket>,
+    now: u64,
+    ttl: u64,
+    hash: &str,
+    api_server: &str,
+) -> Option<&'static str> {
+    match current {
+        None => Some("there is none (or it is unreadable)"),
+        Some(t) if t.left(now) <= ttl / 2 => Some("less than half its TTL is left"),
+        Some(t) if t.ca_cert_hash != hash => Some("its pin is not the cluster CA's"),
+        Some(t) if t.api_server != api_server => Some("it names another API endpoint"),
+        Some(_) => None,
+    }
+}
+
 /// The kubelet's ConfigMap of a version: `kubelet-config-MAJOR.MINOR` (kubeadm 1.20).
 pub fn kubelet_config_map(version: &str) -> String {
     let v = version.trim_start_matches('v');
@@ -698,6 +706,33 @@ pub(crate) fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ticket_is_replaced_at_half_its_ttl_or_when_it_pins_another_ca() {
+        let t = JoinTicket {
+            token: "abcdef.0123456789abcdef".into(),
+            expires: 10_000,
+            ca_cert_hash: "sha256:aa".into(),
+            api_server: "api.berth.internal:6443".into(),
+        };
+        let r = |t: Option<&JoinTicket>, now| {
+            replacement_reason(t, now, 7200, "sha256:aa", "api.berth.internal:6443")
+        };
+        assert_eq!(r(Some(&t), 10_000 - 3601), None);
+        assert!(r(Some(&t), 10_000 - 3600).unwrap().contains("half"));
+        assert!(r(Some(&t), 20_000).unwrap().contains("half"), "expired");
+        assert!(r(None, 0).is_some());
+        let other_ca = JoinTicket {
+            ca_cert_hash: "sha256:bb".into(),
+            ..t.clone()
+        };
+        assert!(r(Some(&other_ca), 0).unwrap().contains("pin"));
+        let other_api = JoinTicket {
+            api_server: "x.y:6443".into(),
+            ..t.clone()
+        };
+        assert!(r(Some(&other_api), 0).unwrap().contains("endpoint"));
+    }
 
     #[test]
     fn the_kubelet_config_map_is_named_by_minor_version() {

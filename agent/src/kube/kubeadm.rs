@@ -492,8 +492,14 @@ spec:
         let d = tempfile::tempdir().unwrap();
         let s = Scratch::new(d.path()).unwrap();
         let f = s.write("k", "secret").unwrap();
-        assert_eq!(std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let p = s.path().to_path_buf();
         drop(s);
         assert!(!p.exists());

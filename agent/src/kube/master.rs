@@ -455,7 +455,16 @@ impl KubeTier<'_> {
             // A token deleted from the API (revoked) is replaced at once.
             let secret = format!("bootstrap-token-{}", t.token_id());
             let found = self
-                .kubectl(&["get", "secret", "-n", "kube-system", &secret, "--ignore-not-found", "-o", "name"])
+                .kubectl(&[
+                    "get",
+                    "secret",
+                    "-n",
+                    "kube-system",
+                    &secret,
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ])
                 .await?;
             if found.trim().is_empty() {
                 replace = Some("its token is gone from the API (revoked)");

@@ -93,8 +93,13 @@ fn three_masters_and_two_minions_form_a_cluster_that_survives_a_master() {
     );
     let plan = k.plan(N::W(0));
     assert!(plan.status.success(), "{}", describe(&plan));
+    // The minion's next run asks the API for its Node with the kubelet's credentials.
+    k.converge_until_ready(&[N::W(0)], 2);
     let wstatus = k.status(N::W(0));
-    assert!(wstatus.contains("node: joined"), "{wstatus}");
+    assert!(
+        wstatus.contains("node: joined, registered, Ready=True"),
+        "{wstatus}"
+    );
     let wplan = String::from_utf8_lossy(&plan.stdout).into_owned();
     assert!(
         wplan.contains("API endpoint: api.berth.internal:6443"),

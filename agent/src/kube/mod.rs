@@ -88,6 +88,13 @@ pub struct KubeRecord {
     /// Minion: `kubeadm join` succeeded (the kubelet has its kubeconfig).
     #[serde(default)]
     pub joined: bool,
+    /// Minion: whether the API server has this node's Node object (`None`: not asked, or
+    /// the API did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<bool>,
+    /// Minion: the Node's Ready condition (`True`, `False`, `Unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ready: Option<String>,
     /// When the published join token expires (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires: Option<u64>,
@@ -121,7 +128,11 @@ impl KubeRecord {
             out.push("  cluster duties: this master (its etcd member leads)".into());
         }
         if self.joined {
-            out.push("  node: joined (kubelet has its kubeconfig)".into());
+            out.push(match (self.registered, &self.node_ready) {
+                (Some(true), Some(r)) => format!("  node: joined, registered, Ready={r}"),
+                (Some(false), _) => "  node: joined, but not registered (no Node object)".into(),
+                _ => "  node: joined (registration unknown: the API did not answer)".into(),
+            });
         }
         if let Some(e) = self.token_expires {
             let when = if e > now {
@@ -172,6 +183,9 @@ impl KubeTier<'_> {
         rec.api_server = self.api_target.map(|ip| ip.to_string());
         if !self.masters.contains_key(self.instance_id) {
             rec.joined = self.path(minion::KUBELET_CONF).exists();
+            if rec.joined && self.root == Path::new("/") {
+                self.look_at_node(rec).await;
+            }
         }
         if let Some(v) = cloud.parameter(&ticket_parameter(self.cluster)).await? {
             rec.token_expires = ticket::JoinTicket::parse(&v).ok().map(|t| t.expires);
@@ -222,11 +236,17 @@ mod tests {
             api_server: Some("10.0.0.5".into()),
             token_expires: Some(1000),
             joined: true,
+            registered: Some(true),
+            node_ready: Some("True".into()),
             ..Default::default()
         };
         let text = r.render(400).join("\n");
         assert!(text.contains("expires: 1000 (Unix s, in 600 s)"), "{text}");
         assert!(text.contains("resolves to 10.0.0.5"), "{text}");
+        assert!(
+            text.contains("node: joined, registered, Ready=True"),
+            "{text}"
+        );
         assert!(r.render(1500).join("\n").contains("500 s ago"));
     }
 

@@ -593,12 +593,13 @@ impl Config {
                 self.kubernetes.version = Some(v.clone());
             }
             if let Some(t) = k.token_ttl_seconds {
-                if !(120..=7 * 86_400).contains(&t) {
+                if !(600..=7 * 86_400).contains(&t) {
                     return Err(invalid(
                         "kubernetes.token_ttl_seconds",
                         &t.to_string(),
                         "out of range",
-                        "use a number of seconds from 120 to 604800 (7 days)",
+                        "use a number of seconds from 600 (a minion needs 3 minutes of a token \
+                         that is replaced at half its TTL) to 604800 (7 days)",
                     ));
                 }
                 self.kubernetes.token_ttl_seconds = t;

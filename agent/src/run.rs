@@ -134,6 +134,7 @@ impl RunError {
             RunError::Kube(e) => match e {
                 KubeError::Cloud(s) if s.is_bad_input() => exit::BAD_INPUT,
                 KubeError::Cloud(_) | KubeError::Etcd(_) | KubeError::Join(_) => exit::REMOTE,
+                KubeError::JoinNotReset { .. } => exit::HOST,
                 KubeError::BadParameter { .. } => exit::BAD_INPUT,
                 KubeError::Command(_)
                 | KubeError::File(_)
@@ -412,7 +413,10 @@ impl Agent {
         if let Some(k) = &profile.kubernetes {
             let masters = masters_of(&membership);
             let me = (node.role == Role::Master).then_some(node.private_ip);
-            if let Some(ip) = crate::kube::api_target(me, &masters, k.api_port).await {
+            let ca =
+                std::fs::read_to_string(host_path(self.root(), "/etc/kubernetes/pki/ca.crt")).ok();
+            if let Some(ip) = crate::kube::api_target(me, &masters, k.api_port, ca.as_deref()).await
+            {
                 aliases.push((ip, k.api_name.clone()));
             }
         }
@@ -834,18 +838,10 @@ impl Agent {
             TierOutcome::Healthy => {
                 state.save(&root)?;
                 let endpoint = tier.own_client_url();
-                let leader = match client.status(&endpoint).await {
-                    Ok(s) => s.leader != 0 && s.leader == s.member_id,
-                    Err(e) => {
-                        log::warn!("etcd: asking the local member who leads: {e}");
-                        false
-                    }
-                };
                 let pki = |f: &str| format!("{}/{f}", tier.spec.pki_dir);
                 Ok(Ok(Some(EtcdHandle {
                     client,
                     endpoint,
-                    leader,
                     ca_file: pki("ca.crt"),
                     cert_file: pki("client.crt"),
                     key_file: pki("client.key"),
@@ -1037,7 +1033,6 @@ fn masters_of(m: &Membership) -> std::collections::BTreeMap<String, std::net::Ip
 struct EtcdHandle {
     client: crate::etcd::client::EtcdClient,
     endpoint: String,
-    leader: bool,
     ca_file: String,
     cert_file: String,
     key_file: String,
@@ -1048,7 +1043,6 @@ impl EtcdHandle {
         EtcdLink {
             client: &self.client,
             endpoint: self.endpoint.clone(),
-            leader: self.leader,
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),

@@ -135,6 +135,9 @@ pub struct Kube {
     pub ttl: u64,
     /// The admin kubeconfig, copied from a master once it exists.
     admin: Option<(tempfile::TempDir, PathBuf)>,
+    /// Everything every agent run through this harness printed (stdout and stderr), for the
+    /// secret checks.
+    pub printed: std::sync::Mutex<Vec<String>>,
 }
 
 /// Which node: a master or a minion, by index.
@@ -152,6 +155,7 @@ impl Kube {
             bin: kubernetes_bin(),
             ttl,
             admin: None,
+            printed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -195,9 +199,22 @@ impl Kube {
         out
     }
 
+    fn keep(&self, out: Output) -> Output {
+        self.printed.lock().unwrap().push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        out
+    }
+
     /// `berth-agent run --once` inside node `n`.
     pub fn converge(&self, n: N) -> Output {
-        agent_inside(self.node(n), &self.ha.region.ec2_url(), &["run", "--once"])
+        self.keep(agent_inside(
+            self.node(n),
+            &self.ha.region.ec2_url(),
+            &["run", "--once"],
+        ))
     }
 
     /// [`Kube::converge`] with extra environment variables (`BERTH_CRASH_AT`).
@@ -218,7 +235,7 @@ impl Kube {
             "--ssm-endpoint",
             &ec2,
         ]);
-        m.ct.exec(&argv)
+        self.keep(m.ct.exec(&argv))
     }
 
     /// [`Kube::converge`] on each of `which` at once; outputs in that order.
@@ -282,13 +299,21 @@ impl Kube {
 
     /// `berth-agent status` inside node `n`.
     pub fn status(&self, n: N) -> String {
-        let o = agent_inside(self.node(n), &self.ha.region.ec2_url(), &["status"]);
+        let o = self.keep(agent_inside(
+            self.node(n),
+            &self.ha.region.ec2_url(),
+            &["status"],
+        ));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// `berth-agent plan` inside node `n`.
     pub fn plan(&self, n: N) -> Output {
-        agent_inside(self.node(n), &self.ha.region.ec2_url(), &["plan"])
+        self.keep(agent_inside(
+            self.node(n),
+            &self.ha.region.ec2_url(),
+            &["plan"],
+        ))
     }
 
     /// The admin kubeconfig of master `i` (kubeadm's admin.conf), copied out once.

@@ -335,12 +335,23 @@ impl EtcdClient {
         key: &str,
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, EtcdError> {
+        self.create_leased(endpoint, key, value, 0).await
+    }
+
+    /// [`EtcdClient::create`], the key attached to `lease` (0: none).
+    pub async fn create_leased(
+        &self,
+        endpoint: &str,
+        key: &str,
+        value: &[u8],
+        lease: u64,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
         let k = b64(key.as_bytes());
         self.txn(
             endpoint,
             json!({
                 "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-                "success": [{"request_put": {"key": k, "value": b64(value)}}],
+                "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
                 "failure": [{"request_range": {"key": k}}],
             }),
         )
@@ -356,16 +367,48 @@ impl EtcdClient {
         old: &[u8],
         new: &[u8],
     ) -> Result<Option<Vec<u8>>, EtcdError> {
+        self.swap_leased(endpoint, key, old, new, 0).await
+    }
+
+    /// [`EtcdClient::swap`], the new value attached to `lease` (0: none).
+    pub async fn swap_leased(
+        &self,
+        endpoint: &str,
+        key: &str,
+        old: &[u8],
+        new: &[u8],
+        lease: u64,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
         let k = b64(key.as_bytes());
         self.txn(
             endpoint,
             json!({
                 "compare": [{"key": k, "target": "VALUE", "result": "EQUAL", "value": b64(old)}],
-                "success": [{"request_put": {"key": k, "value": b64(new)}}],
+                "success": [{"request_put": {"key": k, "value": b64(new), "lease": lease.to_string()}}],
                 "failure": [{"request_range": {"key": k}}],
             }),
         )
         .await
+    }
+
+    /// `LeaseGrant`: a new lease of `ttl` seconds; its id. Keys attached to it are deleted when
+    /// it expires.
+    pub async fn grant(&self, endpoint: &str, ttl: u64) -> Result<u64, EtcdError> {
+        let v = self
+            .call(
+                endpoint,
+                "/v3/lease/grant",
+                json!({"TTL": ttl.to_string()}),
+                CHANGE_TIMEOUT,
+            )
+            .await?;
+        match u64_field(&v, "ID") {
+            0 => Err(EtcdError::Answer {
+                url: endpoint.to_string(),
+                reason: "a lease grant without an ID".into(),
+            }),
+            id => Ok(id),
+        }
     }
 
     /// A one-compare transaction whose failure branch reads the key back.

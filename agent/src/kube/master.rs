@@ -1,5 +1,5 @@
 //! A master's Kubernetes tier: the shared keys, kubeadm's phases, the control plane's units,
-//! and (on the etcd leader's master only) the cluster-wide duties: kubeadm's ConfigMaps and
+//! and (on the master holding [`DUTIES_KEY`] only) the cluster-wide duties: kubeadm's ConfigMaps and
 //! RBAC, the join ticket, and deleting the Nodes of terminated minions.
 
 use std::collections::BTreeSet;
@@ -27,6 +27,15 @@ const UNIT_DIR: &str = "/etc/systemd/system";
 /// The etcd key whose creator makes the shared keys: created once by a transaction, so one
 /// master is chosen while the others wait; taken over only from a master that is gone.
 pub const KEYS_OWNER_KEY: &str = "/berth/kubernetes/shared-keys-owner";
+
+/// The etcd key whose holder carries the cluster-wide duties, attached to a lease of
+/// [`DUTIES_TTL`]: a master claims it only once its own API server is ready, and renews it at
+/// each run; when the holder stops running (or its API server stops answering), the lease
+/// expires and the next master to run takes it. One holder at a time, whichever master leads
+/// etcd.
+pub const DUTIES_KEY: &str = "/berth/kubernetes/cluster-duties";
+/// Seconds: three of the reconcile daemon's default polls.
+pub const DUTIES_TTL: u64 = 90;
 
 /// A fresh API server answers `/readyz` 5–7 s after its start here; a loaded machine and a
 /// restart of all three components take longer.
@@ -89,8 +98,6 @@ pub struct EtcdLink<'a> {
     pub client: &'a EtcdClient,
     /// This master's client URL.
     pub endpoint: String,
-    /// Whether this master's member leads: its agent carries the cluster-wide duties.
-    pub leader: bool,
     pub ca_file: String,
     pub cert_file: String,
     pub key_file: String,
@@ -142,8 +149,12 @@ impl KubeTier<'_> {
         rec: &mut KubeRecord,
         on_step: &mut dyn FnMut(&str),
     ) -> Result<KubeOutcome, KubeError> {
-        rec.api_endpoint = format!("{}:{}", self.spec.api_name, self.spec.api_port);
-        rec.api_server = Some(self.ip.to_string());
+        // What this run finds out; nothing of a previous run's is kept.
+        *rec = KubeRecord {
+            api_endpoint: format!("{}:{}", self.spec.api_name, self.spec.api_port),
+            api_server: Some(self.ip.to_string()),
+            ..KubeRecord::default()
+        };
         if let Some(wait) = self.shared_keys(cloud, etcd, on_step).await? {
             return Ok(KubeOutcome::Waiting(wait));
         }
@@ -187,13 +198,47 @@ impl KubeTier<'_> {
         rec.api_ready = true;
         let hash = ticket::ca_cert_hash(&ca_pem).map_err(KubeError::Setup)?;
         rec.ca_cert_hash = Some(hash.clone());
-        if etcd.leader {
+        if self.claim_duties(etcd).await? {
             self.cluster_duties(cloud, etcd, &hash, rec, on_step)
                 .await?;
         } else if let Some(t) = self.read_ticket(cloud).await? {
             rec.token_expires = Some(t.expires);
         }
         Ok(KubeOutcome::Ready)
+    }
+
+    /// Claims or renews [`DUTIES_KEY`] for this master; whether it holds it.
+    async fn claim_duties(&self, etcd: &EtcdLink<'_>) -> Result<bool, KubeError> {
+        let me = self.instance_id.as_bytes();
+        let ep = &etcd.endpoint;
+        let fail = |e| KubeError::Etcd(format!("claiming {DUTIES_KEY}: {e}"));
+        let lease = etcd.client.grant(ep, DUTIES_TTL).await.map_err(fail)?;
+        match etcd
+            .client
+            .create_leased(ep, DUTIES_KEY, me, lease)
+            .await
+            .map_err(fail)?
+        {
+            None => Ok(true),
+            Some(v) if v == me => Ok(etcd
+                .client
+                .swap_leased(ep, DUTIES_KEY, me, me, lease)
+                .await
+                .map_err(fail)?
+                .is_none()),
+            Some(_) => Ok(false),
+        }
+    }
+
+    /// Whether this master still holds [`DUTIES_KEY`]: checked right before a change that two
+    /// holders must not both make (publishing a ticket, deleting a Node).
+    async fn still_holds_duties(&self, etcd: &EtcdLink<'_>) -> Result<bool, KubeError> {
+        let v = etcd
+            .client
+            .get(&etcd.endpoint, DUTIES_KEY)
+            .await
+            .map_err(|e| KubeError::Etcd(format!("reading {DUTIES_KEY}: {e}")))?;
+        Ok(v.as_deref() == Some(self.instance_id.as_bytes()))
     }
 
     /// The shared keys in /etc/kubernetes/pki, from Parameter Store; made once, by the master
@@ -220,7 +265,8 @@ impl KubeTier<'_> {
                     if self.masters.contains_key(&o) {
                         return Ok(Some(format!(
                             "kubernetes: master {} makes the shared keys (the etcd key \
-                             {KEYS_OWNER_KEY} names it)",
+                             {KEYS_OWNER_KEY} names it); if it cannot (see its `berth-agent \
+                             status`), `etcdctl del {KEYS_OWNER_KEY}` lets another master",
                             crate::config::truncate_value(&o)
                         )));
                     }
@@ -238,7 +284,7 @@ impl KubeTier<'_> {
                 )));
             }
             on_step("kubernetes shared keys owner");
-            self.make_keys(cloud, etcd, &stored).await?;
+            self.make_keys(cloud, etcd, &stored, on_step).await?;
             on_step("kubernetes shared keys stored");
             stored = self.stored_keys(cloud).await?;
         }
@@ -252,6 +298,20 @@ impl KubeTier<'_> {
             let dir = self.path(PKI_DIR);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| KubeError::Setup(format!("creating {PKI_DIR}: {e}")))?;
+            // A running control plane's keys are never replaced: its certificates,
+            // kubeconfigs and the published pin all hang on them.
+            if let Ok(local) = std::fs::read_to_string(dir.join(k.public_file)) {
+                if local != pair.public {
+                    return Err(KubeError::Setup(format!(
+                        "{} holds another key than this master's {PKI_DIR}/{} (was the \
+                         parameter deleted and made again?); berth never replaces a running \
+                         cluster's keys: put this master's files back into the parameter \
+                         (JSON {{\"public\", \"key\"}})",
+                        key_parameter(self.cluster, k),
+                        k.public_file
+                    )));
+                }
+            }
             write_if_changed(&dir.join(k.public_file), pair.public.as_bytes(), 0o644)?;
             write_if_changed(&dir.join(k.key_file), pair.key.as_bytes(), 0o600)?;
         }
@@ -284,6 +344,7 @@ impl KubeTier<'_> {
         cloud: &mut C,
         etcd: &EtcdLink<'_>,
         stored: &[Option<KeyPair>],
+        on_step: &mut dyn FnMut(&str),
     ) -> Result<(), KubeError> {
         let scratch = Scratch::new(&self.path("/etc/kubernetes"))
             .map_err(|e| KubeError::Setup(format!("a scratch directory: {e}")))?;
@@ -299,7 +360,16 @@ impl KubeTier<'_> {
             if have.is_some() {
                 continue;
             }
-            let pair = if k.phase == "sa" {
+            let local = |f: &str| std::fs::read_to_string(self.path(&format!("{PKI_DIR}/{f}")));
+            let pair = if let (Ok(public), Ok(key)) = (local(k.public_file), local(k.key_file)) {
+                // This master already runs with it (the parameter was lost): store its own.
+                log::warn!(
+                    "{} is missing; storing this master's {PKI_DIR}/{} again",
+                    key_parameter(self.cluster, k),
+                    k.public_file
+                );
+                KeyPair { public, key }
+            } else if k.phase == "sa" {
                 service_account_key()?
             } else {
                 self.kubeadm(&["init", "phase", "certs", k.phase, "--config", &conf], &[])
@@ -321,6 +391,8 @@ impl KubeTier<'_> {
                     k.parameter
                 );
             }
+            // A crash point while the scratch directory (with the key) exists.
+            on_step(&format!("kubernetes stored {}", k.parameter));
         }
         Ok(())
     }
@@ -399,14 +471,16 @@ impl KubeTier<'_> {
             Some(v) => match JoinTicket::parse(&v) {
                 Ok(t) => Ok(Some(t)),
                 Err(reason) => {
-                    log::warn!("{name}: {reason}; the etcd leader's master replaces it");
+                    log::warn!(
+                        "{name}: {reason}; the master holding the cluster duties replaces it"
+                    );
                     Ok(None)
                 }
             },
         }
     }
 
-    /// The etcd leader's master keeps the cluster's kubeadm objects, the join ticket, and the
+    /// The duty holder keeps the cluster's kubeadm objects, the join ticket, and the
     /// Node list.
     async fn cluster_duties<C: Cloud>(
         &self,
@@ -497,6 +571,8 @@ impl KubeTier<'_> {
                 )
                 .map_err(|e| KubeError::Setup(format!("writing the token's configuration: {e}")))?;
             let conf = conf.to_string_lossy().into_owned();
+            // A crash point while the token's configuration file exists.
+            on_step("kubernetes token configuration");
             let made_at = crate::state::now_secs();
             self.kubeadm(
                 &[
@@ -513,6 +589,13 @@ impl KubeTier<'_> {
             .await?;
             drop(scratch);
             on_step("kubernetes bootstrap token");
+            if !self.still_holds_duties(etcd).await? {
+                log::warn!(
+                    "lost {DUTIES_KEY} while making a token; the holder publishes one (this one \
+                     expires unused)"
+                );
+                return Ok(());
+            }
             let t = JoinTicket {
                 token,
                 expires: made_at + ttl,
@@ -532,7 +615,9 @@ impl KubeTier<'_> {
         } else {
             rec.token_expires = current.map(|t| t.expires);
         }
-        rec.deleted_nodes = self.delete_gone_nodes(cloud, on_step).await?;
+        if self.still_holds_duties(etcd).await? {
+            rec.deleted_nodes = self.delete_gone_nodes(cloud, on_step).await?;
+        }
         Ok(())
     }
 

@@ -51,8 +51,11 @@ impl KubeTier<'_> {
         rec: &mut KubeRecord,
         on_step: &mut dyn FnMut(&str),
     ) -> Result<KubeOutcome, KubeError> {
-        rec.api_endpoint = format!("{}:{}", self.spec.api_name, self.spec.api_port);
-        rec.api_server = self.api_target.map(|ip| ip.to_string());
+        *rec = KubeRecord {
+            api_endpoint: format!("{}:{}", self.spec.api_name, self.spec.api_port),
+            api_server: self.api_target.map(|ip| ip.to_string()),
+            ..KubeRecord::default()
+        };
         if self.path(KUBELET_CONF).exists() {
             rec.joined = true;
             host.unit_op(KUBELET_UNIT, UnitOp::Enable).await?;
@@ -76,7 +79,7 @@ impl KubeTier<'_> {
         if t.left(now) < TOKEN_MARGIN_SECONDS {
             return Ok(KubeOutcome::Waiting(format!(
                 "kubernetes: the join token in {name} (id {}) expires in {} s, too soon to join \
-                 with; it is not used, and the etcd leader's master replaces it at its next run",
+                 with; it is not used, and the master holding the cluster duties replaces it at its next run",
                 t.token_id(),
                 t.left(now)
             )));
@@ -130,18 +133,34 @@ impl KubeTier<'_> {
                 Ok(KubeOutcome::Ready)
             }
             Err(e) => {
+                // kubeadm gave up after the kubelet's TLS bootstrap (it waits for the Node to
+                // annotate it): if the Node is there, the join worked.
+                if self.path(KUBELET_CONF).exists() {
+                    if let Ok(Some(_)) = node_status(self.root, self.instance_id).await {
+                        log::warn!(
+                            "kubeadm join reported a failure after the node registered: {e}"
+                        );
+                        host.unit_op(KUBELET_UNIT, UnitOp::Enable).await?;
+                        rec.joined = true;
+                        self.look_at_node(rec).await;
+                        return Ok(KubeOutcome::Ready);
+                    }
+                }
                 // kubeadm's documented way back from a failed join: the next run starts clean.
-                if let Err(r) = kubeadm::run(
+                let reset = kubeadm::run(
                     &kubeadm,
                     &["reset", "--force"],
                     Duration::from_secs(60),
                     &[],
                 )
-                .await
-                {
-                    log::warn!("after the failed join, {r}");
+                .await;
+                // kubeadm removes the bootstrap kubeconfig (it holds the token) in a deferred
+                // call that a killed kubeadm never runs.
+                let _ = std::fs::remove_file(self.path("/etc/kubernetes/bootstrap-kubelet.conf"));
+                match reset {
+                    Ok(_) => Err(KubeError::Join(e)),
+                    Err(r) => Err(KubeError::JoinNotReset { join: e, reset: r }),
                 }
-                Err(KubeError::Join(e))
             }
         }
     }

@@ -7,7 +7,8 @@
 //!   The keys every master must share (cluster CA, service-account key, front-proxy CA) are made
 //!   once, by the master that creates an etcd key first, and kept in Parameter Store under
 //!   `/berth/CLUSTER/master/` (masters only, docs/iam.md).
-//! - **The etcd leader's master** carries the cluster-wide duties: kubeadm's ConfigMaps and RBAC
+//! - **One master at a time** carries the cluster-wide duties (the holder of an etcd key with a
+//!   lease, claimed once its API server is ready): kubeadm's ConfigMaps and RBAC
 //!   for joins, a bootstrap token published at `/berth/CLUSTER/node/join` (replaced when half of
 //!   its TTL is gone), and deleting the Nodes of terminated minions.
 //! - **Minions** run `kubeadm join` once, with that token and the CA's public-key pin.
@@ -50,13 +51,22 @@ pub enum KubeError {
     Command(kubeadm::CommandError),
     #[error("kubernetes: the join failed, and `kubeadm reset` undid it for the next run: {0}")]
     Join(kubeadm::CommandError),
+    #[error(
+        "kubernetes: the join failed ({join}), and so did `kubeadm reset` ({reset}); run \
+         `kubeadm reset --force` on this node before the next run"
+    )]
+    JoinNotReset {
+        join: kubeadm::CommandError,
+        reset: kubeadm::CommandError,
+    },
     #[error("kubernetes: etcd: {0}")]
     Etcd(String),
     #[error("kubernetes: {0}")]
     Setup(String),
     #[error(
         "Parameter Store: `{name}` does not hold what berth writes there ({reason}); a master \
-         rewrites the join ticket at its next run, and the shared keys only if deleted"
+         rewrites the join ticket at its next run; the shared keys are never remade for a \
+         running cluster: restore the parameter from a master's /etc/kubernetes/pki"
     )]
     BadParameter { name: String, reason: String },
 }
@@ -125,7 +135,10 @@ impl KubeRecord {
             out.push("  this master's API server: ready".into());
         }
         if self.cluster_duties {
-            out.push("  cluster duties: this master (its etcd member leads)".into());
+            out.push(format!(
+                "  cluster duties: this master (it holds {})",
+                master::DUTIES_KEY
+            ));
         }
         if self.joined {
             out.push(match (self.registered, &self.node_ready) {
@@ -203,21 +216,47 @@ impl KubeTier<'_> {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Where `api_name` points on this node: a master's own address; on a minion, the first master
-/// (by instance id) that accepts a connection on the API port, else the first master. A master
-/// that dies is replaced at the minion's next run; the kubelet reconnects by name.
+/// (by instance id) whose API server answers, else the first master. With the cluster CA
+/// (`ca_pem`, a joined minion has it), "answers" is `/readyz` returning 200 over TLS pinned to
+/// it, so a master whose API server lost its etcd member is passed over; before the join, a
+/// TCP connection on the API port. A master that dies is replaced at the minion's next run;
+/// the kubelet reconnects by name.
 pub async fn api_target(
     me_master: Option<Ipv4Addr>,
     masters: &BTreeMap<String, Ipv4Addr>,
     port: u16,
+    ca_pem: Option<&str>,
 ) -> Option<Ipv4Addr> {
     if me_master.is_some() {
         return me_master;
     }
+    let https = ca_pem.and_then(|pem| {
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes()).ok()?;
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .no_proxy()
+            .timeout(PROBE_TIMEOUT)
+            .build()
+            .ok()
+    });
     for ip in masters.values() {
-        let addr = SocketAddr::from((*ip, port));
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
-        {
+        let answers = match &https {
+            Some(http) => http
+                .get(format!("https://{ip}:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            None => {
+                let addr = SocketAddr::from((*ip, port));
+                matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+                    Ok(Ok(_))
+                )
+            }
+        };
+        if answers {
             return Some(*ip);
         }
     }
@@ -259,17 +298,17 @@ mod tests {
         masters.insert("i-00000001".to_string(), Ipv4Addr::new(127, 0, 0, 3));
         masters.insert("i-00000002".to_string(), Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(
-            api_target(None, &masters, port).await,
+            api_target(None, &masters, port, None).await,
             Some(Ipv4Addr::new(127, 0, 0, 2))
         );
         drop(listener);
         assert_eq!(
-            api_target(None, &masters, port).await,
+            api_target(None, &masters, port, None).await,
             Some(Ipv4Addr::new(127, 0, 0, 3)),
             "none answers: the first"
         );
         let me = Ipv4Addr::new(10, 0, 0, 9);
-        assert_eq!(api_target(Some(me), &masters, port).await, Some(me));
-        assert_eq!(api_target(None, &BTreeMap::new(), port).await, None);
+        assert_eq!(api_target(Some(me), &masters, port, None).await, Some(me));
+        assert_eq!(api_target(None, &BTreeMap::new(), port, None).await, None);
     }
 }

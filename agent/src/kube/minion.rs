@@ -159,7 +159,10 @@ impl KubeTier<'_> {
                 let _ = std::fs::remove_file(self.path("/etc/kubernetes/bootstrap-kubelet.conf"));
                 match reset {
                     Ok(_) => Err(KubeError::Join(e)),
-                    Err(r) => Err(KubeError::JoinNotReset { join: e, reset: r }),
+                    Err(r) => Err(KubeError::JoinNotReset {
+                        join: Box::new(e),
+                        reset: Box::new(r),
+                    }),
                 }
             }
         }

@@ -56,8 +56,8 @@ pub enum KubeError {
          `kubeadm reset --force` on this node before the next run"
     )]
     JoinNotReset {
-        join: kubeadm::CommandError,
-        reset: kubeadm::CommandError,
+        join: Box<kubeadm::CommandError>,
+        reset: Box<kubeadm::CommandError>,
     },
     #[error("kubernetes: etcd: {0}")]
     Etcd(String),

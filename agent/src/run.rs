@@ -589,16 +589,8 @@ impl Agent {
         state.notes = self.notes.clone();
         let plan = match plan {
             Ok(p) => p,
-            Err(RunError::NotReady(c)) => {
-                log::warn!("{c}");
-                state.wait(c.to_string(), ctx.membership.clone());
-                state.save(&root)?;
-                return Err(RunError::NotReady(c));
-            }
-            Err(e) => {
-                record_failure(&root, &mut state, &e);
-                return Err(e);
-            }
+            Err(RunError::NotReady(c)) => return Err(waiting(&root, &mut state, &ctx, c)),
+            Err(e) => return Err(failed(&root, &mut state, e)),
         };
         let outcome = match self
             .apply(
@@ -611,36 +603,17 @@ impl Agent {
             .await
         {
             Ok(outcome) => outcome,
-            Err(e) => {
-                record_failure(&root, &mut state, &e);
-                return Err(e);
-            }
+            Err(e) => return Err(failed(&root, &mut state, e)),
         };
         let link = match self.etcd_tier(host, &mut state, &ctx).await {
             Ok(Ok(link)) => link,
-            Ok(Err(c)) => {
-                log::warn!("{c}");
-                state.wait(c.to_string(), ctx.membership.clone());
-                state.save(&root)?;
-                return Err(RunError::NotReady(c));
-            }
-            Err(e) => {
-                record_failure(&root, &mut state, &e);
-                return Err(e);
-            }
+            Ok(Err(c)) => return Err(waiting(&root, &mut state, &ctx, c)),
+            Err(e) => return Err(failed(&root, &mut state, e)),
         };
         match self.kube_tier(host, &mut state, &ctx, link.as_ref()).await {
             Ok(None) => Ok(outcome),
-            Ok(Some(c)) => {
-                log::warn!("{c}");
-                state.wait(c.to_string(), ctx.membership.clone());
-                state.save(&root)?;
-                Err(RunError::NotReady(c))
-            }
-            Err(e) => {
-                record_failure(&root, &mut state, &e);
-                Err(e)
-            }
+            Ok(Some(c)) => Err(waiting(&root, &mut state, &ctx, c)),
+            Err(e) => Err(failed(&root, &mut state, e)),
         }
     }
 
@@ -649,17 +622,7 @@ impl Agent {
         let Some(spec) = &ctx.profile.kubernetes else {
             return Ok(None);
         };
-        let cluster = match ctx.config.cluster.as_deref() {
-            Some(c) if valid_cluster_name(c) => c,
-            other => {
-                return Err(RunError::ClusterName {
-                    profile: ctx.profile.name.clone(),
-                    got: other
-                        .map(|c| format!(" (`{}` is not usable)", crate::config::truncate_value(c)))
-                        .unwrap_or_default(),
-                })
-            }
-        };
+        let cluster = secrets_cluster(ctx)?;
         Ok(Some(KubeTier {
             root,
             spec,
@@ -760,17 +723,7 @@ impl Agent {
         if ctx.node.role != Role::Master {
             return Ok(None);
         }
-        let cluster = match ctx.config.cluster.as_deref() {
-            Some(c) if valid_cluster_name(c) => c,
-            other => {
-                return Err(RunError::ClusterName {
-                    profile: ctx.profile.name.clone(),
-                    got: other
-                        .map(|c| format!(" (`{}` is not usable)", crate::config::truncate_value(c)))
-                        .unwrap_or_default(),
-                })
-            }
-        };
+        let cluster = secrets_cluster(ctx)?;
         Ok(Some(EtcdTier {
             root,
             spec,
@@ -1022,6 +975,20 @@ impl Agent {
 }
 
 /// A cluster name that fits a Parameter Store path segment.
+/// The cluster name under which a profile with cluster secrets keeps them
+/// (`/berth/CLUSTER/...`); an error naming the fix when there is none usable.
+fn secrets_cluster(ctx: &Context) -> Result<&str, RunError> {
+    match ctx.config.cluster.as_deref() {
+        Some(c) if valid_cluster_name(c) => Ok(c),
+        other => Err(RunError::ClusterName {
+            profile: ctx.profile.name.clone(),
+            got: other
+                .map(|c| format!(" (`{}` is not usable)", crate::config::truncate_value(c)))
+                .unwrap_or_default(),
+        }),
+    }
+}
+
 /// instance id → private IPv4 of the discovered masters.
 fn masters_of(m: &Membership) -> std::collections::BTreeMap<String, std::net::Ipv4Addr> {
     m.masters()
@@ -1055,6 +1022,22 @@ fn valid_cluster_name(c: &str) -> bool {
         && c.len() <= 64
         && c.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The run waits on `c`: logged, and kept in the state (whose save failing is the error then).
+fn waiting(root: &Path, state: &mut State, ctx: &Context, c: Condition) -> RunError {
+    log::warn!("{c}");
+    state.wait(c.to_string(), ctx.membership.clone());
+    match state.save(root) {
+        Ok(()) => RunError::NotReady(c),
+        Err(e) => e.into(),
+    }
+}
+
+/// The run failed with `e`: kept in the state.
+fn failed(root: &Path, state: &mut State, e: RunError) -> RunError {
+    record_failure(root, state, &e);
+    e
 }
 
 fn record_failure(root: &Path, state: &mut State, e: &RunError) {

@@ -151,6 +151,35 @@ fn assert_denied(result: Result<impl std::fmt::Debug, SsmError>, what: &str) -> 
     err
 }
 
+/// The join ticket: a master publishes it, a minion reads it and is refused replacing it (a
+/// minion that could would hand other nodes its own token and pin).
+async fn the_ticket_is_the_minions_to_read_only(
+    ssm: &SsmClient,
+    master: &Credentials,
+    minion: &Credentials,
+) {
+    ssm.put_parameter(
+        master,
+        TICKET,
+        TICKET_VALUE,
+        ParameterType::SecureString,
+        true,
+    )
+    .await
+    .unwrap();
+    let t = ssm
+        .get_parameter(minion, TICKET, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.value, TICKET_VALUE, "a minion reads the join ticket");
+    assert_denied(
+        ssm.put_parameter(minion, TICKET, "{}", ParameterType::SecureString, true)
+            .await,
+        "minion PutParameter of the join ticket",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn moto_enforces_each_roles_actions() {
     let master = action_policy(&[
@@ -260,28 +289,7 @@ async fn moto_enforces_each_roles_actions() {
             .await,
         "minion PutParameter of a node parameter",
     );
-    // The join ticket: a master publishes it, a minion reads it and cannot replace it (a
-    // minion that could would hand other nodes its own token and pin).
-    ssm.put_parameter(
-        &master,
-        TICKET,
-        TICKET_VALUE,
-        ParameterType::SecureString,
-        true,
-    )
-    .await
-    .unwrap();
-    let t = ssm
-        .get_parameter(&minion, TICKET, true)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(t.value, TICKET_VALUE);
-    assert_denied(
-        ssm.put_parameter(&minion, TICKET, "{}", ParameterType::SecureString, true)
-            .await,
-        "minion PutParameter of the join ticket",
-    );
+    the_ticket_is_the_minions_to_read_only(&ssm, &master, &minion).await;
     assert_denied(
         ssm.put_parameter(&minion, K8S_CA, "x", ParameterType::SecureString, false)
             .await,
@@ -372,26 +380,7 @@ async fn the_documented_policies_keep_the_ca_from_minions() {
             .unwrap();
         assert_eq!(v.value, CA_VALUE);
     }
-    ssm.put_parameter(
-        &master,
-        TICKET,
-        TICKET_VALUE,
-        ParameterType::SecureString,
-        true,
-    )
-    .await
-    .unwrap();
-    let t = ssm
-        .get_parameter(&minion, TICKET, true)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(t.value, TICKET_VALUE, "a minion reads the join ticket");
-    assert_denied(
-        ssm.put_parameter(&minion, TICKET, "{}", ParameterType::SecureString, true)
-            .await,
-        "minion PutParameter of the join ticket",
-    );
+    the_ticket_is_the_minions_to_read_only(&ssm, &master, &minion).await;
 
     let err = assert_denied(
         ssm.get_parameter(&minion, CA, true).await,

@@ -73,6 +73,28 @@ pub struct EtcdClient {
     http: reqwest::Client,
 }
 
+/// The first key's value of a range answer (`{"kvs": [{"value": BASE64}]}`): `None` when no key
+/// matched, empty for a key whose value is empty (the gateway then leaves `value` out).
+fn first_value(range: &Value, endpoint: &str) -> Result<Option<Vec<u8>>, EtcdError> {
+    let Some(kv) = range
+        .get("kvs")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    else {
+        return Ok(None);
+    };
+    match kv.get("value").and_then(Value::as_str) {
+        None => Ok(Some(Vec::new())),
+        Some(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Some)
+            .map_err(|e| EtcdError::Answer {
+                url: endpoint.to_string(),
+                reason: format!("a value that is not base64: {e}"),
+            }),
+    }
+}
+
 fn u64_field(v: &Value, key: &str) -> u64 {
     match v.get(key) {
         Some(Value::String(s)) => s.parse().unwrap_or(0),
@@ -307,24 +329,7 @@ impl EtcdClient {
                 CALL_TIMEOUT,
             )
             .await?;
-        let value = v
-            .get("kvs")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(|kv| kv.get("value"))
-            .and_then(Value::as_str)
-            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
-            .transpose()
-            .map_err(|e| EtcdError::Answer {
-                url: endpoint.to_string(),
-                reason: format!("a value that is not base64: {e}"),
-            })?;
-        Ok(value.or_else(|| {
-            v.get("kvs")
-                .and_then(Value::as_array)
-                .filter(|a| !a.is_empty())
-                .map(|_| Vec::new())
-        }))
+        first_value(&v, endpoint)
     }
 
     /// Puts `key` only if it does not exist (a transaction comparing its create revision with
@@ -346,16 +351,8 @@ impl EtcdClient {
         value: &[u8],
         lease: u64,
     ) -> Result<Option<Vec<u8>>, EtcdError> {
-        let k = b64(key.as_bytes());
-        self.txn(
-            endpoint,
-            json!({
-                "compare": [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-                "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
-                "failure": [{"request_range": {"key": k}}],
-            }),
-        )
-        .await
+        let compare = json!({"target": "CREATE", "result": "EQUAL", "create_revision": "0"});
+        self.put_if(endpoint, key, compare, value, lease).await
     }
 
     /// Replaces `key`'s value only if it is `old` (a transaction comparing the value). Returns
@@ -379,16 +376,8 @@ impl EtcdClient {
         new: &[u8],
         lease: u64,
     ) -> Result<Option<Vec<u8>>, EtcdError> {
-        let k = b64(key.as_bytes());
-        self.txn(
-            endpoint,
-            json!({
-                "compare": [{"key": k, "target": "VALUE", "result": "EQUAL", "value": b64(old)}],
-                "success": [{"request_put": {"key": k, "value": b64(new), "lease": lease.to_string()}}],
-                "failure": [{"request_range": {"key": k}}],
-            }),
-        )
-        .await
+        let compare = json!({"target": "VALUE", "result": "EQUAL", "value": b64(old)});
+        self.put_if(endpoint, key, compare, new, lease).await
     }
 
     /// `LeaseGrant`: a new lease of `ttl` seconds; its id. Keys attached to it are deleted when
@@ -411,31 +400,37 @@ impl EtcdClient {
         }
     }
 
-    /// A one-compare transaction whose failure branch reads the key back.
-    async fn txn(&self, endpoint: &str, body: Value) -> Result<Option<Vec<u8>>, EtcdError> {
+    /// A transaction: puts `value` at `key` (attached to `lease`, 0 for none) if `compare` (a
+    /// `Compare` without its key) holds, else reads the key back. `None` when it put.
+    async fn put_if(
+        &self,
+        endpoint: &str,
+        key: &str,
+        mut compare: Value,
+        value: &[u8],
+        lease: u64,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let k = b64(key.as_bytes());
+        compare["key"] = Value::String(k.clone());
+        let body = json!({
+            "compare": [compare],
+            "success": [{"request_put": {"key": k, "value": b64(value), "lease": lease.to_string()}}],
+            "failure": [{"request_range": {"key": k}}],
+        });
         let v = self
             .call(endpoint, "/v3/kv/txn", body, CHANGE_TIMEOUT)
             .await?;
         if v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
             return Ok(None);
         }
-        let value = v
+        let range = v
             .get("responses")
             .and_then(Value::as_array)
             .and_then(|a| a.first())
             .and_then(|r| r.get("response_range"))
-            .and_then(|r| r.get("kvs"))
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(|kv| kv.get("value"))
-            .and_then(Value::as_str)
-            .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
-            .transpose()
-            .map_err(|e| EtcdError::Answer {
-                url: endpoint.to_string(),
-                reason: format!("a value that is not base64: {e}"),
-            })?;
-        Ok(Some(value.unwrap_or_default()))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(Some(first_value(&range, endpoint)?.unwrap_or_default()))
     }
 
     /// `Snapshot`: the member's whole backend, streamed, into `out`; returns its size in bytes.

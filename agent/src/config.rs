@@ -730,6 +730,48 @@ mod tests {
     }
 
     #[test]
+    fn kubeadm_settings_are_checked_with_the_field_and_the_fix() {
+        let c = one(
+            "kubernetes:\n  version: v1.31.4\n  token_ttl_seconds: 600\n  \
+             ignore_preflight_errors: [Swap, FileContent--proc-sys-net-ipv4-ip_forward]\n",
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes.version.as_deref(), Some("v1.31.4"));
+        assert_eq!(c.kubernetes.token_ttl_seconds, 600);
+        assert_eq!(c.kubernetes.ignore_preflight_errors.len(), 2);
+        let d = one("role: master\n").unwrap();
+        assert_eq!(
+            (d.kubernetes.version, d.kubernetes.token_ttl_seconds),
+            (None, 7200)
+        );
+        for (text, field, fix) in [
+            (
+                "kubernetes:\n  version: stable\n",
+                "kubernetes.version",
+                "v1.20.2",
+            ),
+            (
+                "kubernetes:\n  version: v1.20\n",
+                "kubernetes.version",
+                "v1.20.2",
+            ),
+            (
+                "kubernetes:\n  token_ttl_seconds: 300\n",
+                "kubernetes.token_ttl_seconds",
+                "600",
+            ),
+            (
+                "kubernetes:\n  ignore_preflight_errors: [\"Swap; rm -rf /\"]\n",
+                "kubernetes.ignore_preflight_errors",
+                "check names",
+            ),
+        ] {
+            let e = one(text).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(fix), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
     fn user_data_overrides_tags() {
         let tags = [("role".to_string(), "minion".to_string())].into();
         let t = Layer::from_tags(&tags);

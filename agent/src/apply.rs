@@ -289,6 +289,21 @@ fn write_temp(path: &Path, content: &[u8], mode: u32, sync: bool) -> Result<Path
 }
 
 /// Replaces `path` with `content` atomically: temp file, fsync, rename, fsync of the directory.
+/// [`write_atomic`] when `path`'s content or mode differs from `content` and `mode`; true when
+/// it wrote.
+pub fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, FileError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o7777 == mode
+            && std::fs::read(path).is_ok_and(|now| now == content)
+        {
+            return Ok(false);
+        }
+    }
+    write_atomic(path, content, mode)?;
+    Ok(true)
+}
+
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
     write_atomic_owned(path, content, mode, None)
 }
@@ -534,5 +549,15 @@ mod tests {
         let f = read_host_files(d.path(), &["/etc/hosts".into(), "/etc/nope".into()]).unwrap();
         assert_eq!(f.len(), 1);
         assert_eq!(f["/etc/hosts"].mode, 0o644);
+    }
+
+    #[test]
+    fn write_if_changed_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        assert!(write_if_changed(&p, b"a", 0o600).unwrap());
+        assert!(!write_if_changed(&p, b"a", 0o600).unwrap());
+        assert!(write_if_changed(&p, b"a", 0o644).unwrap());
+        assert!(write_if_changed(&p, b"b", 0o644).unwrap());
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::kubeadm::{self, BootstrapToken, MasterConfig, Scratch, COMPONENTS};
 use super::ticket::{self, JoinTicket};
 use super::{KubeError, KubeOutcome, KubeRecord, KubeTier};
-use crate::apply::{write_atomic, FileError};
+use crate::apply::write_if_changed;
 use crate::etcd::client::EtcdClient;
 use crate::etcd::tier::{is_instance_id, Cloud};
 use crate::host::{Host, UnitOp};
@@ -783,20 +783,6 @@ fn parse_pair(v: &str) -> Result<KeyPair, String> {
     Ok(p)
 }
 
-/// Writes `path` atomically when its content differs; true when it did.
-pub(crate) fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, FileError> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o7777 == mode
-            && std::fs::read(path).is_ok_and(|now| now == content)
-        {
-            return Ok(false);
-        }
-    }
-    write_atomic(path, content, mode)?;
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,15 +829,5 @@ mod tests {
             panic!("a cut JSON parsed");
         };
         assert!(!e.contains("secret-ish"), "{e}");
-    }
-
-    #[test]
-    fn write_if_changed_is_idempotent() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        assert!(write_if_changed(&p, b"a", 0o600).unwrap());
-        assert!(!write_if_changed(&p, b"a", 0o600).unwrap());
-        assert!(write_if_changed(&p, b"a", 0o644).unwrap());
-        assert!(write_if_changed(&p, b"b", 0o644).unwrap());
     }
 }

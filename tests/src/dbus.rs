@@ -60,6 +60,13 @@ impl PrivateBus {
         &self.address
     }
 
+    /// Kill the daemon now (SIGKILL, by its PID) and wait for it: every connection breaks at
+    /// once, as when a shutdown stops the bus.
+    pub fn kill(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+
     /// A directory that lives as long as the bus, for the test's other files.
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()

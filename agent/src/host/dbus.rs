@@ -40,7 +40,7 @@ impl DbusHost {
             Some(a) => Systemd::connect(a).await,
         }?;
         // logind lives on the same bus as systemd; share the connection.
-        let login = Login::on(systemd.connection().clone());
+        let login = Login::on(systemd.connection().clone(), addresses.system.clone());
         let rpmostree = match &addresses.rpmostree {
             None => RpmOstree::on(systemd.connection().clone()),
             Some(a) => RpmOstree::connect(a).await?,

@@ -34,6 +34,24 @@ trait LoginManager {
 )]
 trait RebootTarget {
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    /// `a(usssoo)`: id, unit, type, state, job path, unit path.
+    #[allow(clippy::type_complexity)]
+    fn list_jobs(
+        &self,
+    ) -> zbus::Result<
+        Vec<(
+            u32,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            OwnedObjectPath,
+        )>,
+    >;
+
+    #[zbus(property)]
+    fn system_state(&self) -> zbus::Result<String>;
 }
 
 /// How the reboot was requested.
@@ -61,6 +79,56 @@ pub enum RebootError {
 /// Reboots the host over one bus connection (the system bus, or a test container's).
 pub struct Login {
     conn: Connection,
+    /// Where `conn` leads (`None`: the system bus), to look again after the connection broke.
+    address: Option<String>,
+}
+
+/// How a reboot call ended when it did not succeed.
+#[derive(Debug)]
+enum CallError {
+    /// The service answered with an error (not there, refused, inhibited): nothing was queued.
+    Refused(String),
+    /// The call was sent and no answer came: the connection broke or the time ran out. A host
+    /// going down looks exactly like this: the bus is among what a reboot stops, and it may be
+    /// gone before the answer is forwarded.
+    Unanswered(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Refused(e) | CallError::Unanswered(e) => f.write_str(e),
+        }
+    }
+}
+
+fn call_error(e: zbus::Error) -> CallError {
+    match e {
+        zbus::Error::InputOutput(_) => CallError::Unanswered(e.to_string()),
+        other => CallError::Refused(other.to_string()),
+    }
+}
+
+/// What a second look at the host finds after a reboot call went unanswered.
+enum Look {
+    /// The bus cannot be reached again: it was stopped, as a shutdown stops it.
+    BusGone,
+    /// systemd answers and is shutting down (`SystemState` "stopping", or a job for
+    /// `reboot.target` is queued).
+    ShuttingDown,
+    /// systemd answers (on this new connection) and no shutdown is under way: the reboot was
+    /// not queued.
+    Running(Connection),
+}
+
+impl std::fmt::Display for Look {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Look::BusGone => "the bus is gone",
+            Look::ShuttingDown => "systemd is shutting down",
+            Look::Running(_) => "systemd is running",
+        })
+    }
 }
 
 impl Login {
@@ -71,51 +139,139 @@ impl Login {
                 address: address.into(),
                 source,
             })?;
-        Ok(Login { conn })
+        Ok(Login {
+            conn,
+            address: Some(address.into()),
+        })
     }
 
-    pub fn on(conn: Connection) -> Self {
-        Login { conn }
+    /// Over an open connection to the bus at `address` (`None`: the system bus).
+    pub fn on(conn: Connection, address: Option<String>) -> Self {
+        Login { conn, address }
     }
 
     /// Request a reboot: logind's `Reboot(false)` (not interactive: no polkit prompt, the agent
     /// runs as root), falling back to `StartUnit("reboot.target", "replace-irreversibly")`.
+    ///
+    /// A call that goes unanswered (the connection broke, or 25 s passed) is not taken as a
+    /// failure by itself: the bus is stopped by the very reboot being asked for, and may go before
+    /// the answer reaches the agent. The agent then looks again on a new connection: a bus that
+    /// is gone, or a systemd that is shutting down, means the reboot is under way.
     pub async fn reboot(&self) -> Result<RebootVia, RebootError> {
-        let logind = match self.logind_reboot().await {
+        let logind = match self.logind_reboot(&self.conn).await {
             Ok(()) => {
                 log::info!("reboot requested through logind");
                 return Ok(RebootVia::Logind);
             }
             Err(e) => e,
         };
+        let conn = match logind {
+            CallError::Refused(_) => self.conn.clone(),
+            CallError::Unanswered(_) => match self.look_again().await {
+                Look::Running(fresh) => fresh,
+                gone => {
+                    log::info!(
+                        "logind's Reboot went unanswered ({logind}) and {gone}: the reboot is \
+                         under way"
+                    );
+                    return Ok(RebootVia::Logind);
+                }
+            },
+        };
         log::warn!("logind could not reboot ({logind}); starting reboot.target through systemd");
-        match self.systemd_reboot().await {
+        match self.systemd_reboot(&conn).await {
             Ok(()) => {
                 log::info!("reboot requested through systemd's reboot.target");
                 Ok(RebootVia::RebootTarget)
             }
-            Err(systemd) => Err(RebootError::Failed { logind, systemd }),
+            Err(CallError::Unanswered(systemd)) => match self.look_again().await {
+                Look::Running(_) => Err(RebootError::Failed {
+                    logind: logind.to_string(),
+                    systemd,
+                }),
+                gone => {
+                    log::info!(
+                        "StartUnit(reboot.target) went unanswered ({systemd}) and {gone}: the \
+                         reboot is under way"
+                    );
+                    Ok(RebootVia::RebootTarget)
+                }
+            },
+            Err(CallError::Refused(systemd)) => Err(RebootError::Failed {
+                logind: logind.to_string(),
+                systemd,
+            }),
         }
     }
 
-    async fn logind_reboot(&self) -> Result<(), String> {
-        let proxy = LoginManagerProxy::new(&self.conn)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// A new connection to the same bus, and what systemd says on it.
+    async fn look_again(&self) -> Look {
+        let connect = async {
+            match &self.address {
+                Some(a) => connect_bus(a).await,
+                None => Connection::system().await,
+            }
+        };
+        let conn = match tokio::time::timeout(LOOK_AGAIN_TIMEOUT, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                log::debug!("the bus cannot be reached again: {e}");
+                return Look::BusGone;
+            }
+            Err(_) => {
+                log::debug!("the bus took no new connection within {LOOK_AGAIN_TIMEOUT:?}");
+                return Look::BusGone;
+            }
+        };
+        match tokio::time::timeout(LOOK_AGAIN_TIMEOUT, shutting_down(&conn)).await {
+            Ok(Ok(true)) => Look::ShuttingDown,
+            Ok(Ok(false)) => Look::Running(conn),
+            // systemd not answering on a bus that still takes connections shows no shutdown:
+            // the fallback is tried, and reports its own error.
+            Ok(Err(e)) => {
+                log::debug!("systemd's state could not be read: {e}");
+                Look::Running(conn)
+            }
+            Err(_) => {
+                log::debug!("systemd's state was not read within {LOOK_AGAIN_TIMEOUT:?}");
+                Look::Running(conn)
+            }
+        }
+    }
+
+    async fn logind_reboot(&self, conn: &Connection) -> Result<(), CallError> {
+        let proxy = LoginManagerProxy::new(conn).await.map_err(call_error)?;
         match tokio::time::timeout(REBOOT_CALL_TIMEOUT, proxy.reboot(false)).await {
-            Err(_) => Err(format!("no answer within {REBOOT_CALL_TIMEOUT:?}")),
-            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(CallError::Unanswered(format!(
+                "no answer within {REBOOT_CALL_TIMEOUT:?}"
+            ))),
+            Ok(r) => r.map_err(call_error),
         }
     }
 
-    async fn systemd_reboot(&self) -> Result<(), String> {
-        let proxy = RebootTargetProxy::new(&self.conn)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn systemd_reboot(&self, conn: &Connection) -> Result<(), CallError> {
+        let proxy = RebootTargetProxy::new(conn).await.map_err(call_error)?;
         let call = proxy.start_unit("reboot.target", "replace-irreversibly");
         match tokio::time::timeout(REBOOT_CALL_TIMEOUT, call).await {
-            Err(_) => Err(format!("no answer within {REBOOT_CALL_TIMEOUT:?}")),
-            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => Err(CallError::Unanswered(format!(
+                "no answer within {REBOOT_CALL_TIMEOUT:?}"
+            ))),
+            Ok(r) => r.map(|_| ()).map_err(call_error),
         }
     }
+}
+
+/// How long the second look (a new connection, then systemd's state) may take, each.
+const LOOK_AGAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether systemd is shutting down: `SystemState` is "stopping" (systemd's
+/// `org.freedesktop.systemd1(5)`: "the manager is shutting down"), or a job for `reboot.target`
+/// is queued (it is, from the moment logind or StartUnit accepted the request).
+async fn shutting_down(conn: &Connection) -> zbus::Result<bool> {
+    let manager = RebootTargetProxy::new(conn).await?;
+    if manager.system_state().await? == "stopping" {
+        return Ok(true);
+    }
+    let jobs = manager.list_jobs().await?;
+    Ok(jobs.iter().any(|job| job.1 == "reboot.target"))
 }

@@ -110,6 +110,11 @@ pub struct Container {
     netns: Option<PathBuf>,
     /// Host directories bound read-only into the container at boot (host path, inside path).
     binds_ro: Vec<(PathBuf, String)>,
+    /// Further `systemd-nspawn` options, from the next boot on.
+    nspawn_args: Vec<String>,
+    /// Cgroup v1 directories of this container's own, one per hierarchy, that nspawn is started
+    /// in (see [`Container::own_cgroups`]); removed when the container is dropped.
+    cgroups: Option<Vec<PathBuf>>,
 }
 
 impl Container {
@@ -158,7 +163,91 @@ impl Container {
             overlay: mounted,
             netns: None,
             binds_ro: Vec::new(),
+            nspawn_args: Vec::new(),
+            cgroups: None,
         }
+    }
+
+    /// Put `layer` (an overlay upper directory built over the cached rootfs, such as
+    /// `tests/setup/runtime.sh`'s) between the rootfs and this container's own changes. Only
+    /// before the first boot, on an overlay root.
+    pub fn add_layer(&mut self, layer: &Path) {
+        assert!(self.nspawn.is_none(), "a layer is added before the boot");
+        assert!(
+            self.overlay,
+            "adding a layer needs an overlay root (overlayfs is not available here)"
+        );
+        let status = Command::new("umount").arg(self.root()).status().unwrap();
+        assert!(status.success(), "unmount {}", self.root().display());
+        let options = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            layer.display(),
+            rootfs().display(),
+            self.dir.path().join("upper").display(),
+            self.dir.path().join("work").display()
+        );
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(self.root())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount the overlay with {}",
+            layer.display()
+        );
+    }
+
+    /// Pass `arg` to `systemd-nspawn` from the next boot on (`--capability=...`, `--bind=...`).
+    pub fn nspawn_arg(&mut self, arg: &str) {
+        self.nspawn_args.push(arg.to_string());
+    }
+
+    /// A directory on the host's file system that lives as long as the container, for binds
+    /// that must not be on the overlay root (containerd's snapshots cannot be).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Boot the container in cgroups of its own: a child of the test's cgroup in each cgroup v1
+    /// hierarchy, which the container's cgroup namespace shows as its root. Without it, every
+    /// container runs in the test's cgroups, and a kubelet in one would create (and reap) the
+    /// pod cgroups of all in the same `/kubepods`. On a host with cgroup v2 alone, nothing is
+    /// done (nspawn delegates a subtree there itself).
+    pub fn own_cgroups(&mut self) {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut dirs = Vec::new();
+        for line in own.lines() {
+            let mut f = line.splitn(3, ':');
+            let (_, controllers, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            let mount = match controllers {
+                "" => continue, // the v2 hierarchy of a hybrid host; nspawn uses name=systemd
+                c => Path::new("/sys/fs/cgroup").join(c.trim_start_matches("name=")),
+            };
+            if !mount.is_dir() {
+                continue;
+            }
+            let dir = mount.join(path.trim_start_matches('/')).join(&name);
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            if controllers.split(',').any(|c| c == "cpuset") {
+                // A new cpuset has no CPUs and no memory nodes: nothing could run in it.
+                for knob in ["cpuset.cpus", "cpuset.mems"] {
+                    let parent = std::fs::read_to_string(dir.parent().unwrap().join(knob)).unwrap();
+                    std::fs::write(dir.join(knob), parent.trim()).unwrap();
+                }
+            }
+            dirs.push(dir);
+        }
+        self.cgroups = Some(dirs);
     }
 
     /// The container's `/`, as the host sees it (the agent's `--root`).
@@ -273,7 +362,36 @@ impl Container {
         let console =
             std::fs::File::create(self.dir.path().join(format!("console-{}.log", self.boots)))
                 .unwrap();
-        let child = Command::new("systemd-nspawn")
+        let mut nspawn = Command::new("systemd-nspawn");
+        if let Some(dirs) = &self.cgroups {
+            let procs: Vec<std::ffi::CString> = dirs
+                .iter()
+                .map(|d| {
+                    std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes())
+                        .unwrap()
+                })
+                .collect();
+            // SAFETY: between fork and exec only open(2), write(2) and close(2) run, on paths
+            // built before the fork: all async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut nspawn, move || {
+                    for p in &procs {
+                        let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                        if fd < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                        let err = std::io::Error::last_os_error();
+                        libc::close(fd);
+                        if !ok {
+                            return Err(err);
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = nspawn
             .args(["--quiet", "--boot", "--register=no", "--keep-unit"])
             .arg(match &self.netns {
                 Some(path) => format!("--network-namespace-path={}", path.display()),
@@ -287,6 +405,7 @@ impl Container {
                     .iter()
                     .map(|(host, inside)| format!("--bind-ro={}:{inside}", host.display())),
             )
+            .args(&self.nspawn_args)
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
@@ -523,11 +642,46 @@ impl Default for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         self.shutdown();
+        for dir in self.cgroups.take().unwrap_or_default() {
+            remove_cgroup(&dir);
+        }
         if self.overlay {
             // Lazy: detached at once even if something still holds it, so removing the
             // temporary directory never walks into the mount.
             let _ = Command::new("umount").arg("-l").arg(self.root()).status();
         }
+    }
+}
+
+/// Remove a cgroup directory and every child below it, deepest first (a cgroup is removed with
+/// rmdir once it holds no process; its files are not removed, they go with it). Retries for a
+/// few seconds, while the killed processes are reaped.
+fn remove_cgroup(dir: &Path) {
+    fn children_first(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    children_first(&e.path(), out);
+                }
+            }
+        }
+        out.push(dir.to_path_buf());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut all = Vec::new();
+        children_first(dir, &mut all);
+        let left = all
+            .iter()
+            .filter(|d| std::fs::remove_dir(d).is_err() && d.exists())
+            .count();
+        if left == 0 || Instant::now() > deadline {
+            if left > 0 {
+                eprintln!("cgroup {} could not be removed", dir.display());
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -73,6 +73,10 @@ const CHECKS: &[(&str, &str)] = &[
          && { [ \"$s\" = \"$u\" ] || { echo \"qemu-system-x86 $s beside qemu-utils $u\"; exit 1; }; }",
     ),
     (
+        "runtime.sh",
+        "python3 --version && command -v apt-get dpkg-deb systemd-nspawn mount",
+    ),
+    (
         "testos.sh",
         "debootstrap --version && ostree --version && command -v chattr",
     ),

@@ -3,7 +3,7 @@
 # etcd-server, 3.4) that the master's namespace runs from the agent's etcd.conf, iproute2 for the
 # nodes' network namespaces and their bridge, and curl as the nodes' etcd client; and for the
 # masters' LAN (tests/src/lan.rs) etcdctl (Debian's etcd-client), which judges membership and
-# health; and openssl for the Kubernetes suite's minions. Nothing is started here: the test starts etcd in its own namespace and stops it by its
+# health. Nothing is started here: the test starts etcd in its own namespace and stops it by its
 # PID.
 #
 # Idempotent: a no-op when every tool is present. Install only; nothing is built.
@@ -17,9 +17,6 @@ install_part() {
     command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
     command -v curl >/dev/null 2>&1 || need+=(curl)
-    # openssl: copied into the Kubernetes suite's minions (tests/src/kube.rs), where the hollow
-    # kubelet makes its key and certificate request with it.
-    command -v openssl >/dev/null 2>&1 || need+=(openssl)
     ((${#need[@]})) || return 0
 
     # The package must not start an etcd of its own on the host: a policy-rc.d that refuses

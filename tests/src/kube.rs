@@ -5,10 +5,12 @@
 //!
 //! Kubernetes binaries come from the cache that `tests/setup/kubernetes.sh` builds from Debian's
 //! source package; they are bound read-only into every container at `/opt/kubernetes/bin` and
-//! linked from `/usr/bin`, where the profile's `bin_dir` looks. The node agent of a minion is
-//! kubemark's hollow kubelet behind a `kubelet.service` that does the kubelet's TLS bootstrap
-//! (`tests/fixtures/kubernetes/`): the real kubelet needs a container runtime and cgroups that a
-//! test container does not give it.
+//! linked from `/usr/bin`, where the profile's `bin_dir` looks. A minion's node agent is the
+//! real kubelet over Debian's containerd, runc and CNI plugins (`tests/setup/runtime.sh` layers
+//! them over the rootfs, with two locally built images, since no registry can be reached). Its
+//! container gets cgroups of its own, CAP_NET_ADMIN and containerd's state on the host's file
+//! system; `tests/fixtures/kubernetes/` says what each setting is for, and what a real host has
+//! instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -33,19 +35,29 @@ const BINARIES: &[&str] = &[
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
-    "kubemark",
+    "kubelet",
 ];
 
-/// The preflight checks a hollow node in the test image fails, each for a reason of the test
-/// image, not of berth: no container runtime, so kubeadm wants `crictl`; no `conntrack` or
-/// `iptables` in the image; no kubelet binary to ask its version (`KubeletVersion`); the
-/// container's read-only `/proc/sys` (`FileContent--proc-sys-net-ipv4-ip_forward`); and `Swap`
-/// for machines that run CI with swap on.
-pub const HOLLOW_PREFLIGHT: &[&str] = &[
+/// The layer and images `tests/setup/runtime.sh` builds; panics naming the script when absent.
+pub fn node_runtime() -> PathBuf {
+    let dir = cache_dir().join("node-runtime-bookworm");
+    assert!(
+        dir.join(".berth-runtime-complete").is_file(),
+        "{} is missing: run tests/setup/runtime.sh (containerd, runc and the CNI plugins over the \
+         cached rootfs, and the local images)",
+        dir.display()
+    );
+    dir
+}
+
+/// The preflight checks a minion of the test image fails, each for a reason of the image, not
+/// of berth: Debian 12 packages no `crictl` (cri-tools); no `conntrack` in the image; the
+/// forwarding the bridge plugin enables only at the first pod
+/// (`FileContent--proc-sys-net-ipv4-ip_forward`); and `Swap` for machines that run CI with swap
+/// on (the kubelet gets `--fail-swap-on=false` for the same reason).
+pub const TEST_IMAGE_PREFLIGHT: &[&str] = &[
     "FileExisting-crictl",
     "FileExisting-conntrack",
-    "FileExisting-iptables",
-    "KubeletVersion",
     "FileContent--proc-sys-net-ipv4-ip_forward",
     "Swap",
 ];
@@ -69,20 +81,20 @@ fn fixtures() -> PathBuf {
 }
 
 /// The user-data of every node: the kubeadm profile, no OS upgrade, a 10 s grace for stopped
-/// masters, a token TTL of `ttl` seconds, and the preflight checks a hollow node skips.
+/// masters, a token TTL of `ttl` seconds, and the preflight checks a test minion skips.
 pub fn user_data(ttl: u64) -> String {
     let mut u = format!(
         "profile: kubeadm\nupgrade: false\netcd:\n  stopped_grace_seconds: 10\nkubernetes:\n  \
          token_ttl_seconds: {ttl}\n  ignore_preflight_errors:\n"
     );
-    for c in HOLLOW_PREFLIGHT {
+    for c in TEST_IMAGE_PREFLIGHT {
         u.push_str(&format!("    - {c}\n"));
     }
     u
 }
 
 /// What every node's container gets before it boots: the agent, the Kubernetes binaries, and on
-/// a minion the hollow kubelet's unit (enabled, as a node image ships it).
+/// a minion its kubelet's unit (enabled, as a node image ships it).
 fn prepare(ct: &mut Container, bin: &Path, minion: bool) {
     ct.bind_ro(bin, "/opt/kubernetes/bin");
     for b in BINARIES {
@@ -96,25 +108,56 @@ fn prepare(ct: &mut Container, bin: &Path, minion: bool) {
     )
     .expect("copy berth-agent into the container");
     if minion {
-        // The hollow kubelet's TLS bootstrap makes its key and CSR with openssl; the image has
-        // libssl but not the program (the host's is the same Debian build).
-        std::fs::copy("/usr/bin/openssl", ct.path("/usr/bin/openssl"))
-            .expect("copy openssl into the container (apt-get install openssl)");
-        let script = ct.path("/usr/local/bin/hollow-kubelet");
-        std::fs::create_dir_all(script.parent().unwrap()).unwrap();
-        std::fs::copy(fixtures().join("hollow-kubelet"), &script).unwrap();
-        std::fs::copy(
-            fixtures().join("kubelet.service"),
-            ct.path("/etc/systemd/system/kubelet.service"),
-        )
-        .unwrap();
-        let wants = ct.path("/etc/systemd/system/multi-user.target.wants");
-        std::fs::create_dir_all(&wants).unwrap();
-        let _ = std::os::unix::fs::symlink(
-            "/etc/systemd/system/kubelet.service",
-            wants.join("kubelet.service"),
+        prepare_kubelet(ct);
+    }
+}
+
+/// A minion: containerd and the CNI plugins from the runtime layer, the local
+/// images, and what a systemd-nspawn container must be given for pods to run in it.
+fn prepare_kubelet(ct: &mut Container) {
+    let runtime = node_runtime();
+    let fixtures = fixtures();
+    ct.add_layer(&runtime.join("layer"));
+    ct.own_cgroups();
+    ct.nspawn_arg("--capability=CAP_NET_ADMIN");
+    // containerd's overlay snapshotter cannot use an overlay (the container's root) as its upper
+    // layer: its state lives on the host's file system.
+    let state = ct.scratch("containerd");
+    ct.nspawn_arg(&format!("--bind={}:/var/lib/containerd", state.display()));
+    ct.bind_ro(&runtime.join("images"), "/opt/berth-images");
+    let copy = |from: &str, to: &str| {
+        let dest = ct.path(to);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(fixtures.join(from), &dest).unwrap_or_else(|e| panic!("{from}: {e}"));
+    };
+    copy("kubelet.service", "/etc/systemd/system/kubelet.service");
+    copy("default-kubelet", "/etc/default/kubelet");
+    copy("containerd-config.toml", "/etc/containerd/config.toml");
+    copy(
+        "containerd-nspawn.conf",
+        "/etc/systemd/system/containerd.service.d/nspawn.conf",
+    );
+    copy(
+        "10-berth-bridge.conflist",
+        "/etc/cni/net.d/10-berth-bridge.conflist",
+    );
+    for (name, value) in [
+        ("overcommit_memory", "1"),
+        ("panic", "10"),
+        ("panic_on_oops", "1"),
+    ] {
+        ct.write(
+            &format!("/etc/kubelet-test/sysctl/{name}"),
+            &format!("{value}\n"),
         );
     }
+    enable(ct, "kubelet.service");
+}
+
+fn enable(ct: &Container, unit: &str) {
+    let wants = ct.path("/etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    let _ = std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit));
 }
 
 pub fn node_spec(ha: &Ha, name: &str, host: u8, role: &str, ttl: u64) -> InstanceSpec {

@@ -1,8 +1,8 @@
 //! The `kubeadm` profile's Kubernetes tier against real Kubernetes 1.20 (built from Debian's
 //! source) and real etcd 3.4: masters and minions are booted containers with real systemd on
 //! one LAN, the agent runs inside each, and the cluster is judged from outside with `kubectl`
-//! through each master's API server. Minions' node agent is kubemark's hollow kubelet (see
-//! `tests/src/kube.rs`).
+//! through each master's API server. Minions' node agent is the real kubelet over Debian's
+//! containerd, runc and CNI plugins (see `tests/src/kube.rs`).
 //!
 //! Root only (network namespaces, systemd-nspawn); skipped loudly without root, never under CI.
 
@@ -434,4 +434,154 @@ fn a_master_killed_after_each_step_of_its_kubernetes_tier_converges() {
     let minion = vec![k.minions[0].instance_id.clone()];
     k.wait_ready(0, &minion, Duration::from_secs(180))
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A minion's kubelet (the real one, over Debian's containerd, runc and CNI plugins) made a Ready
+/// Node by the agent's `kubeadm join`, and a pod from a locally built image, placed there by the
+/// scheduler, answering over HTTP at its pod address, as the seed's Apache pod did.
+#[test]
+fn a_pod_from_a_local_image_runs_on_a_joined_minion_and_answers_http() {
+    if !have_root("a_pod_from_a_local_image_runs_on_a_joined_minion_and_answers_http") {
+        return;
+    }
+    let mut k = Kube::new("krk", 3600);
+    let all = k.launch(1, 1);
+    let started = std::time::Instant::now();
+    k.converge_until_ready(&all, 12);
+    eprintln!("agents converged after {:?}", started.elapsed());
+    let node = k.minions[0].instance_id.clone();
+    let took = k
+        .wait_ready(0, std::slice::from_ref(&node), Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(&k, "kubelet")));
+    eprintln!(
+        "the minion's Node Ready {took:?} after the agents converged ({:?} after the first \
+         agent run)",
+        started.elapsed()
+    );
+    let version = k.kubectl(
+        0,
+        &[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.status.nodeInfo.containerRuntimeVersion} {.status.nodeInfo.kubeletVersion}",
+        ],
+    );
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(
+        version.starts_with("containerd://") && version.ends_with("v1.20.2"),
+        "the Node is the real kubelet's, over containerd: {version}"
+    );
+    k.converge_until_ready(&[N::W(0)], 2);
+    let status = k.status(N::W(0));
+    assert!(
+        status.contains("node: joined, registered, Ready=True"),
+        "{status}"
+    );
+
+    // A pod of the local image, on this node through the scheduler.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("web.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "httpd",
+                    "image": "localhost/httpd:local",
+                    "imagePullPolicy": "Never",
+                    "ports": [{"containerPort": 8080}]
+                }]
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let manifest = manifest.to_string_lossy().into_owned();
+    // The default ServiceAccount, which admission looks up, appears once the controller-manager
+    // ran its first sync.
+    let created = berth_e2e::kube::wait_for(Duration::from_secs(60), || {
+        let o = k.kubectl(0, &["apply", "-f", &manifest]);
+        o.status.success().then_some(())
+    });
+    assert!(created.is_some(), "the pod could not be created");
+    let pod_created = std::time::Instant::now();
+    let ip = berth_e2e::kube::wait_for(Duration::from_secs(180), || {
+        let o = k.kubectl(
+            0,
+            &[
+                "get",
+                "pod",
+                "web",
+                "-o",
+                "jsonpath={.status.phase} {.spec.nodeName} {.status.podIP}",
+            ],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let f: Vec<&str> = out.split_whitespace().collect();
+        (f.len() == 3 && f[0] == "Running").then(|| {
+            assert_eq!(f[1], node, "the scheduler placed the pod on the minion");
+            f[2].to_string()
+        })
+    })
+    .unwrap_or_else(|| {
+        let o = k.kubectl(0, &["describe", "pod", "web"]);
+        panic!(
+            "the pod did not run:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            journal(&k, "kubelet")
+        )
+    });
+    eprintln!(
+        "pod Running at {ip} {:?} after it was created",
+        pod_created.elapsed()
+    );
+    let url = format!("http://{ip}:8080/");
+    let page = berth_e2e::kube::wait_for(Duration::from_secs(30), || {
+        let o = k.minions[0]
+            .ct
+            .in_netns(std::path::Path::new("/usr/bin/curl"))
+            .args(["-sS", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    assert_eq!(
+        page.as_deref(),
+        Some("berth pod\n"),
+        "the pod answers over HTTP at {url}"
+    );
+    eprintln!("GET {url} -> {:?}", page.unwrap().trim());
+}
+
+/// The last lines of `unit`'s journal on every minion, for a failure message.
+fn journal(k: &Kube, unit: &str) -> String {
+    k.minions
+        .iter()
+        .filter(|m| m.ct.is_booted())
+        .map(|m| {
+            let o = m.ct.exec(&[
+                "journalctl",
+                "--no-pager",
+                "-n",
+                "60",
+                "-u",
+                &format!("{unit}.service"),
+            ]);
+            format!(
+                "{} {unit}:\n{}",
+                m.instance_id,
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

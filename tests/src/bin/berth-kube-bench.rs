@@ -4,7 +4,7 @@
 //!
 //! Each repetition runs on a fresh LAN of the end-to-end suite (`berth_e2e::kube`): 3 masters
 //! and 2 minions as booted systemd-nspawn containers, berth-sim as EC2, IMDS and Parameter
-//! Store, real etcd 3.4 and Kubernetes 1.20 (kubemark's hollow kubelet on minions), and
+//! Store, real etcd 3.4 and Kubernetes 1.20 (the real kubelet over containerd on minions), and
 //! `kubectl get nodes` from outside, every 500 ms, as the judge.
 //!
 //! - boot: the 5 containers launched at once, until systemd in each is running;
@@ -15,10 +15,11 @@
 //! - late minion: one more minion launched (boot timed apart), then its agent, until its node is
 //!   `Ready`;
 //! - memory: VmRSS of kube-apiserver, kube-controller-manager, kube-scheduler and etcd on each
-//!   master, and of the hollow kubelet on each minion.
+//!   master, and of the kubelet and containerd on each minion.
 //!
 //! Run as root: `cargo build -p berth-e2e --bin berth-kube-bench --bin berth-agent && \
-//! target/debug/berth-kube-bench --reps 3`. Needs `tests/setup/kubernetes.sh`'s cache.
+//! target/debug/berth-kube-bench --reps 3`. Needs the caches of `tests/setup/kubernetes.sh`
+//! and `tests/setup/runtime.sh`.
 
 use std::time::{Duration, Instant};
 
@@ -120,8 +121,9 @@ fn main() {
             println!("  master {i}: {total:.0} MiB ({})", shown.join(", "));
         }
         for i in 0..k.minions.len() {
-            let v = rss_mib(&k, N::W(i), "kubelet.service").unwrap_or(f64::NAN);
-            println!("  minion {i}: hollow kubelet {v:.0} MiB");
+            let kubelet = rss_mib(&k, N::W(i), "kubelet.service").unwrap_or(f64::NAN);
+            let containerd = rss_mib(&k, N::W(i), "containerd.service").unwrap_or(f64::NAN);
+            println!("  minion {i}: kubelet {kubelet:.0} MiB, containerd {containerd:.0} MiB");
         }
         all_ready.push(ready.as_secs_f64());
         late_ready.push(late_total.as_secs_f64());

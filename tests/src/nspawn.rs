@@ -442,7 +442,16 @@ impl Container {
             "container did not come up: is-system-running = {state}\n{}",
             self.console()
         );
-        eprintln!("container booted in {:?} ({state})", start.elapsed());
+        if state == "degraded" {
+            let failed = self.exec(&["systemctl", "--failed", "--no-legend", "--plain"]);
+            eprintln!(
+                "container booted in {:?} (degraded; failed units: {})",
+                start.elapsed(),
+                String::from_utf8_lossy(&failed.stdout).trim()
+            );
+        } else {
+            eprintln!("container booted in {:?} ({state})", start.elapsed());
+        }
     }
 
     fn check_alive(&mut self) {

@@ -294,8 +294,19 @@ async fn run_cmd<H: Host + RecordActions>(opts: Options, once: bool, host: &mut 
                 }
                 // READY=1 went out before the reboot request (Agent::request_reboot). Exiting
                 // now would let Restart= start the agent again while the reboot is on its way:
-                // wait for the shutdown the reboot brings.
-                stop.wait().await;
+                // wait for the shutdown the reboot brings, for a bounded time.
+                if tokio::time::timeout(REBOOT_WAIT, stop.wait())
+                    .await
+                    .is_err()
+                {
+                    log::error!(
+                        "the reboot was requested {} min ago and the host is still up; \
+                         exiting so that the service's next start takes over (see \
+                         `journalctl -b -u systemd-logind` and `systemctl list-jobs`)",
+                        REBOOT_WAIT.as_secs() / 60
+                    );
+                    return ExitCode::from(5);
+                }
                 notify::notify("STOPPING=1");
                 return ExitCode::SUCCESS;
             }
@@ -336,6 +347,12 @@ fn agent_poll(agent: &Agent) -> berth_agent::config::Poll {
         .map(|c| c.poll.clone())
         .unwrap_or_else(|| berth_agent::config::Config::default().poll)
 }
+
+/// How long the daemon waits to be stopped after a reboot was requested. logind delays a reboot
+/// by at most `InhibitDelayMaxSec` (5 s by default) and systemd stops services within their
+/// `TimeoutStopSec` (90 s by default); 10 min is far beyond both, so a host still up by then is
+/// not rebooting.
+const REBOOT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// SIGTERM or SIGINT, listened for from creation on: a signal that arrives between two waits is
 /// not lost.

@@ -137,6 +137,8 @@ fn prepare_kubelet(ct: &mut Container) {
         "containerd-nspawn.conf",
         "/etc/systemd/system/containerd.service.d/nspawn.conf",
     );
+    // Pods get 172.30.0.0/16, outside every LAN the harness hands out (10.N.0.0/24), so the
+    // bridge never takes an address of the LAN or of berth-sim.
     copy(
         "10-berth-bridge.conflist",
         "/etc/cni/net.d/10-berth-bridge.conflist",

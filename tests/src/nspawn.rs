@@ -211,13 +211,15 @@ impl Container {
         dir
     }
 
-    /// Boot the container in cgroups of its own: a child of the test's cgroup in each cgroup v1
-    /// hierarchy, which the container's cgroup namespace shows as its root. Without it, every
-    /// container runs in the test's cgroups, and a kubelet in one would create (and reap) the
-    /// pod cgroups of all in the same `/kubepods`. On a host with cgroup v2 alone, nothing is
-    /// done (nspawn delegates a subtree there itself).
+    /// Boot the container in cgroups of its own: a child of the test's cgroup in every cgroup
+    /// hierarchy the test is in (each v1 controller, `name=systemd`, and the v2 hierarchy of a
+    /// hybrid or unified host), which the container's cgroup namespace shows as its root. Without
+    /// it every container runs in the test's cgroups (with `--keep-unit`, nspawn only adds a
+    /// `payload` child shared by all of them), and a kubelet in one would create (and reap) the
+    /// pod cgroups of all in the same `/kubepods`. Tested on this machine's hybrid layout (v1
+    /// controllers, v2 at `/sys/fs/cgroup/unified`); panics naming a hierarchy it cannot find
+    /// mounted.
     pub fn own_cgroups(&mut self) {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let name = self
             .dir
             .path()
@@ -225,20 +227,33 @@ impl Container {
             .unwrap()
             .to_string_lossy()
             .into_owned();
+        let mounts = cgroup_mounts();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let mut dirs = Vec::new();
         for line in own.lines() {
             let mut f = line.splitn(3, ':');
             let (_, controllers, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
-            let mount = match controllers {
-                "" => continue, // the v2 hierarchy of a hybrid host; nspawn uses name=systemd
-                c => Path::new("/sys/fs/cgroup").join(c.trim_start_matches("name=")),
+            let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+            let mount = mounts.iter().find(|m| {
+                if wanted.is_empty() {
+                    m.v2
+                } else {
+                    !m.v2 && wanted.iter().all(|c| m.options.iter().any(|o| o == c))
+                }
+            });
+            let Some(mount) = mount else {
+                if wanted.is_empty() {
+                    continue; // a v1-only host lists an empty v2 line with no hierarchy mounted
+                }
+                panic!("cgroup hierarchy `{controllers}` is not mounted; the Kubernetes suite needs every hierarchy the test is in mounted (cgroup v1/hybrid)");
             };
-            if !mount.is_dir() {
-                continue;
-            }
-            let dir = mount.join(path.trim_start_matches('/')).join(&name);
+            let inside = path
+                .strip_prefix(mount.root.as_str())
+                .unwrap_or(path)
+                .trim_start_matches('/');
+            let dir = mount.target.join(inside).join(&name);
             std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            if controllers.split(',').any(|c| c == "cpuset") {
+            if wanted.contains(&"cpuset") {
                 // A new cpuset has no CPUs and no memory nodes: nothing could run in it.
                 for knob in ["cpuset.cpus", "cpuset.mems"] {
                     let parent = std::fs::read_to_string(dir.parent().unwrap().join(knob)).unwrap();
@@ -410,7 +425,16 @@ impl Container {
             .stdout(console.try_clone().unwrap())
             .stderr(console)
             .spawn()
-            .expect("start systemd-nspawn (apt-get install systemd-container)");
+            .unwrap_or_else(|e| match &self.cgroups {
+                Some(dirs) => panic!(
+                    "start systemd-nspawn in the container's own cgroups ({}): {e}",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => panic!("start systemd-nspawn (apt-get install systemd-container): {e}"),
+            });
         let nspawn_pid = child.id();
         self.nspawn = Some(child);
 
@@ -651,8 +675,9 @@ impl Default for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         self.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(10);
         for dir in self.cgroups.take().unwrap_or_default() {
-            remove_cgroup(&dir);
+            remove_cgroup(&dir, deadline);
         }
         if self.overlay {
             // Lazy: detached at once even if something still holds it, so removing the
@@ -662,10 +687,41 @@ impl Drop for Container {
     }
 }
 
+/// A mounted cgroup hierarchy, from `/proc/self/mountinfo`.
+struct CgroupMount {
+    /// The hierarchy's directory that is mounted (`/` unless a subtree is).
+    root: String,
+    target: PathBuf,
+    /// The super options: the controllers, or `name=systemd`.
+    options: Vec<String>,
+    v2: bool,
+}
+
+fn cgroup_mounts() -> Vec<CgroupMount> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let before: Vec<&str> = before.split(' ').collect();
+            let after: Vec<&str> = after.split(' ').collect();
+            let fstype = *after.first()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            Some(CgroupMount {
+                root: before.get(3)?.to_string(),
+                target: PathBuf::from(before.get(4)?),
+                options: after.get(2)?.split(',').map(str::to_string).collect(),
+                v2: fstype == "cgroup2",
+            })
+        })
+        .collect()
+}
+
 /// Remove a cgroup directory and every child below it, deepest first (a cgroup is removed with
-/// rmdir once it holds no process; its files are not removed, they go with it). Retries for a
-/// few seconds, while the killed processes are reaped.
-fn remove_cgroup(dir: &Path) {
+/// rmdir once it holds no process; its files are not removed, they go with it). Retries until
+/// `deadline`, while the killed processes are reaped.
+fn remove_cgroup(dir: &Path, deadline: Instant) {
     fn children_first(dir: &Path, out: &mut Vec<PathBuf>) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -676,7 +732,6 @@ fn remove_cgroup(dir: &Path) {
         }
         out.push(dir.to_path_buf());
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut all = Vec::new();
         children_first(dir, &mut all);

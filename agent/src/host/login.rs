@@ -284,7 +284,7 @@ impl Login {
             // Connecting fails at once when the socket is closed or gone: the daemon stopped.
             // (A bus address carrying `guid=` also fails here against a restarted daemon; only
             // tests name buses that way.)
-            Ok(Err(e @ zbus::Error::InputOutput(_))) => {
+            Ok(Err(e)) if refused(&e) => {
                 log::debug!("the bus refuses connections: {e}");
                 return Look::BusGone;
             }
@@ -345,6 +345,28 @@ impl Login {
             ))),
             Ok(r) => r.map(|_| ()).map_err(call_error),
         }
+    }
+}
+
+/// Whether a failed connection attempt says the bus is gone: its socket refuses connections or
+/// no longer exists, or it closed the connection during the handshake.
+fn refused(e: &zbus::Error) -> bool {
+    match e {
+        zbus::Error::Connection(io, _) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionReset
+        ),
+        zbus::Error::InputOutput(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
     }
 }
 

@@ -183,21 +183,30 @@ async fn a_bus_stopped_before_logind_answers_is_a_reboot_under_way() {
     );
 }
 
-/// logind stopped by the shutdown it started, before it answered: the bus answers `NoReply`
-/// ("recipient disconnected without replying") in its place, and systemd is stopping.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logind_leaving_unanswered_while_systemd_stops_is_a_reboot_under_way() {
+/// logind asked to reboot on a host whose systemd reports `state`, then gone without an answer
+/// (its connection closed: the bus answers `NoReply`, "recipient disconnected without replying",
+/// in its place). Returns the request's result and the services, to ask what systemd was told.
+async fn logind_leaves_unanswered(
+    state: &str,
+) -> (Result<RebootVia, RebootError>, Services, PrivateBus) {
     let bus = PrivateBus::start();
-    let mut services = serve(&bus, Some(LogindScript::Vanish), "stopping").await;
+    let mut services = serve(&bus, Some(LogindScript::Vanish), state).await;
     let login = Login::connect(bus.address()).await.unwrap();
     let request = tokio::spawn(async move { login.reboot().await });
     services.wait_logind_called().await;
     services.logind.take().unwrap().close().await.unwrap();
-    let via = tokio::time::timeout(Duration::from_secs(15), request)
+    let result = tokio::time::timeout(Duration::from_secs(15), request)
         .await
         .expect("the request returns")
-        .unwrap()
-        .expect("systemd stopping means the reboot is under way");
+        .unwrap();
+    (result, services, bus)
+}
+
+/// logind stopped by the shutdown it started, before it answered, while systemd is stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logind_leaving_unanswered_while_systemd_stops_is_a_reboot_under_way() {
+    let (result, services, _bus) = logind_leaves_unanswered("stopping").await;
+    let via = result.expect("systemd stopping means the reboot is under way");
     assert_eq!(via, RebootVia::Logind);
     assert!(
         services.started().is_empty(),
@@ -209,17 +218,8 @@ async fn logind_leaving_unanswered_while_systemd_stops_is_a_reboot_under_way() {
 /// new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logind_leaving_unanswered_on_a_running_host_falls_back_to_reboot_target() {
-    let bus = PrivateBus::start();
-    let mut services = serve(&bus, Some(LogindScript::Vanish), "running").await;
-    let login = Login::connect(bus.address()).await.unwrap();
-    let request = tokio::spawn(async move { login.reboot().await });
-    services.wait_logind_called().await;
-    services.logind.take().unwrap().close().await.unwrap();
-    let via = tokio::time::timeout(Duration::from_secs(15), request)
-        .await
-        .expect("the request returns")
-        .unwrap()
-        .expect("the fallback queues the reboot");
+    let (result, services, _bus) = logind_leaves_unanswered("running").await;
+    let via = result.expect("the fallback queues the reboot");
     assert_eq!(via, RebootVia::RebootTarget);
     assert_eq!(services.started(), reboot_target());
 }

@@ -112,8 +112,8 @@ pub struct Container {
     binds_ro: Vec<(PathBuf, String)>,
     /// Further `systemd-nspawn` options, from the next boot on.
     nspawn_args: Vec<String>,
-    /// Cgroup v1 directories of this container's own, one per hierarchy, that nspawn is started
-    /// in (see [`Container::own_cgroups`]); removed when the container is dropped.
+    /// Cgroup directories of this container's own, one per hierarchy, that nspawn is started in
+    /// (see [`Container::own_cgroups`]); removed when the container is dropped.
     cgroups: Option<Vec<PathBuf>>,
 }
 
@@ -132,19 +132,7 @@ impl Container {
         for d in ["root", "upper", "work", "bus"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("container directories");
         }
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            rootfs.display(),
-            dir.path().join("upper").display(),
-            dir.path().join("work").display()
-        );
-        let mounted = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &options])
-            .arg(&root)
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let mounted = mount_overlay(dir.path(), &[&rootfs]);
         if !mounted {
             std::fs::remove_dir(&root).unwrap();
             let status = Command::new("cp")
@@ -191,20 +179,8 @@ impl Container {
         );
         let status = Command::new("umount").arg(self.root()).status().unwrap();
         assert!(status.success(), "unmount {}", self.root().display());
-        let options = format!(
-            "lowerdir={}:{},upperdir={},workdir={}",
-            layer.display(),
-            rootfs().display(),
-            self.dir.path().join("upper").display(),
-            self.dir.path().join("work").display()
-        );
-        let status = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &options])
-            .arg(self.root())
-            .status()
-            .unwrap();
         assert!(
-            status.success(),
+            mount_overlay(self.dir.path(), &[layer, &rootfs()]),
             "mount the overlay with {}",
             layer.display()
         );
@@ -697,6 +673,25 @@ impl Drop for Container {
             let _ = Command::new("umount").arg("-l").arg(self.root()).status();
         }
     }
+}
+
+/// Mounts `dir/root` as an overlay of `lowers` (topmost first) under `dir/upper`, with
+/// `dir/work`; whether it was mounted.
+fn mount_overlay(dir: &Path, lowers: &[&Path]) -> bool {
+    let lowers: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    );
+    Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(dir.join("root"))
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// A mounted cgroup hierarchy, from `/proc/self/mountinfo`.

@@ -326,7 +326,22 @@ impl Login {
 
     async fn logind_reboot(&self, conn: &Connection) -> Result<(), CallError> {
         let proxy = LoginManagerProxy::new(conn).await.map_err(call_error)?;
-        match tokio::time::timeout(self.call_timeout, proxy.reboot(false)).await {
+        self.answered(proxy.reboot(false)).await
+    }
+
+    async fn systemd_reboot(&self, conn: &Connection) -> Result<(), CallError> {
+        let proxy = RebootTargetProxy::new(conn).await.map_err(call_error)?;
+        self.answered(proxy.start_unit("reboot.target", "replace-irreversibly"))
+            .await
+            .map(|_job| ())
+    }
+
+    /// `call` under the reboot call's timeout; no answer in time is an unanswered call.
+    async fn answered<T>(
+        &self,
+        call: impl std::future::Future<Output = zbus::Result<T>>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
             Err(_) => Err(CallError::Unanswered(format!(
                 "no answer within {:?}",
                 self.call_timeout
@@ -334,40 +349,22 @@ impl Login {
             Ok(r) => r.map_err(call_error),
         }
     }
-
-    async fn systemd_reboot(&self, conn: &Connection) -> Result<(), CallError> {
-        let proxy = RebootTargetProxy::new(conn).await.map_err(call_error)?;
-        let call = proxy.start_unit("reboot.target", "replace-irreversibly");
-        match tokio::time::timeout(self.call_timeout, call).await {
-            Err(_) => Err(CallError::Unanswered(format!(
-                "no answer within {:?}",
-                self.call_timeout
-            ))),
-            Ok(r) => r.map(|_| ()).map_err(call_error),
-        }
-    }
 }
 
 /// Whether a failed connection attempt says the bus is gone: its socket refuses connections or
 /// no longer exists, or it closed the connection during the handshake.
 fn refused(e: &zbus::Error) -> bool {
-    match e {
-        zbus::Error::Connection(io, _) => matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::NotFound
-                | std::io::ErrorKind::ConnectionReset
-        ),
-        zbus::Error::InputOutput(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::NotFound
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::UnexpectedEof
-        ),
-        _ => false,
-    }
+    use std::io::ErrorKind::{
+        BrokenPipe, ConnectionRefused, ConnectionReset, NotFound, UnexpectedEof,
+    };
+    let io = match e {
+        zbus::Error::Connection(io, _) | zbus::Error::InputOutput(io) => io,
+        _ => return false,
+    };
+    matches!(
+        io.kind(),
+        ConnectionRefused | NotFound | ConnectionReset | BrokenPipe | UnexpectedEof
+    )
 }
 
 /// Whether `e` says the service has no owner on the bus (it left, or never came).
